@@ -1,0 +1,3 @@
+from rawsend.cli import main
+
+main()

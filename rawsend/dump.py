@@ -1,0 +1,101 @@
+"""Human and JSON lines describing each record of a stream, like `btrfs receive --dump`."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from datetime import datetime, timezone
+
+from rawsend.stream.reader import RawRecord
+from rawsend.stream.records import (
+    Cipher, Compression, Create, End, Extent, Feature, Header, Link, RecordType, SetXattr,
+)
+
+
+def _time(ns: int) -> str:
+    sec, nsec = divmod(ns, 1_000_000_000)
+    try:
+        base = datetime.fromtimestamp(sec, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+    except (OverflowError, OSError, ValueError):
+        base = f"@{sec}"
+    return f"{base}.{nsec:09d}Z"
+
+
+def _features(bits: int, names: dict[int, str]) -> str:
+    out = [name for bit, name in names.items() if bits & bit]
+    unknown = bits & ~sum(names)
+    if unknown:
+        out.append(f"0x{unknown:x}")
+    return ",".join(out) or "-"
+
+
+def _quote(name: bytes) -> str:
+    # JSON-style escaping keeps odd bytes visible and one record on one line
+    return json.dumps(os.fsdecode(name), ensure_ascii=False)
+
+
+class Dumper:
+    """Turns (raw record, typed record) pairs into fields; keeps id -> path for display."""
+
+    def __init__(self):
+        self.paths: dict[int, str] = {}
+
+    def fields(self, raw: RawRecord, rec) -> dict:
+        f: dict = {"record": raw.index, "offset": raw.offset,
+                   "type": RecordType.NAMES.get(raw.type, f"type{raw.type}")}
+        if isinstance(rec, Header):
+            f.update(stream_id=rec.stream_id.hex(), created=_time(rec.created_ns),
+                     required=_features(rec.required_features, Feature.REQUIRED_NAMES),
+                     optional=_features(rec.optional_features, Feature.OPTIONAL_NAMES),
+                     cipher=Cipher.NAMES[rec.cipher])
+            if rec.encrypted:
+                f["key_id"] = rec.key_id.hex()
+        elif isinstance(rec, Create):
+            parent = self.paths.get(rec.parent_id, "")
+            path = "." if rec.file_id == 1 else (f"{parent}/" if parent not in ("", ".") else "") + os.fsdecode(rec.name)
+            self.paths[rec.file_id] = path
+            f.update(id=rec.file_id, path=path, mode=f"{stat.S_IMODE(rec.mode):o}", uid=rec.uid, gid=rec.gid,
+                     mtime=_time(rec.mtime_ns))
+            if rec.type == RecordType.MKFILE:
+                f["size"] = rec.size
+            elif rec.type == RecordType.MKNOD:
+                f["kind"] = {stat.S_IFCHR: "char", stat.S_IFBLK: "block", stat.S_IFIFO: "fifo",
+                             stat.S_IFSOCK: "socket"}[stat.S_IFMT(rec.mode)]
+                f["rdev"] = rec.size
+            elif rec.type == RecordType.SYMLINK:
+                f["target"] = os.fsdecode(rec.target)
+        elif isinstance(rec, Link):
+            parent = self.paths.get(rec.parent_id, "")
+            f.update(id=rec.file_id, path=(f"{parent}/" if parent not in ("", ".") else "") + os.fsdecode(rec.name),
+                     dest=self.paths.get(rec.file_id, "?"))
+        elif isinstance(rec, SetXattr):
+            f.update(id=rec.file_id, path=self.paths.get(rec.file_id, "?"), name=os.fsdecode(rec.name),
+                     len=len(rec.value))
+        elif isinstance(rec, Extent):
+            f.update(id=rec.file_id, path=self.paths.get(rec.file_id, "?"), file_offset=rec.offset,
+                     num_bytes=rec.num_bytes, unencoded_len=rec.unencoded_len,
+                     unencoded_offset=rec.unencoded_offset, disk_num_bytes=rec.disk_num_bytes,
+                     compression=Compression.NAMES[rec.compression], encryption=Cipher.NAMES[rec.encryption])
+            if rec.encryption:
+                f["key_id"] = rec.key_id.hex()
+        elif isinstance(rec, End):
+            f.update(records=rec.record_count, bytes=rec.byte_count, digest=rec.digest.hex())
+            if any(rec.mac):
+                f["mac"] = rec.mac.hex()
+        elif rec is None and raw.sealed:
+            f.update(sealed=True, body_len=len(raw.body))
+        else:
+            f.update(skipped=True, body_len=len(raw.body), payload_len=len(raw.payload))
+        return f
+
+    def line(self, raw: RawRecord, rec) -> str:
+        f = self.fields(raw, rec)
+        head = f"{f.pop('record'):>6} {f.pop('offset'):>10} {f.pop('type'):<10}"
+        path = f.pop("path", None)
+        if path is not None:
+            head += f" {json.dumps(path, ensure_ascii=False):<24}"
+        return head + "".join(f" {k}={v}" for k, v in f.items())
+
+    def json_line(self, raw: RawRecord, rec) -> str:
+        return json.dumps(self.fields(raw, rec), ensure_ascii=False)

@@ -1,0 +1,325 @@
+"""send(): source -> encoder -> writer.  receive(): reader -> checks -> sink.
+
+Parallelism lives in one place, the Encoder: a bounded thread pool
+(zstandard, lz4, zlib and cryptography release the GIL) whose results are
+written strictly in submission order, with a cap on the records in flight so
+memory stays bounded whatever the input size.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+from rawsend.codecs.compress import compress, decode
+from rawsend.errors import KeyMissing, MalformedRecord, RawsendError
+from rawsend.sources.tree import DataChunk
+from rawsend.stream.checker import Limits, StreamChecker
+from rawsend.stream.reader import RawRecord, StreamReader
+from rawsend.stream.records import (
+    FLAG_SEALED, Compression, Create, Extent, Feature, Header, RecordType, unpack_body,
+)
+from rawsend.stream.writer import StreamWriter
+
+INLINE_BELOW = 16 * 1024  # chunks this small are cheaper to encode than to hand to a thread
+
+
+@dataclass(slots=True)
+class EncodedChunk:
+    """An extent whose payload is already encoded (e.g. read raw from btrfs)."""
+
+    extent: Extent
+    payload: bytes
+
+
+@dataclass
+class SendStats:
+    records: int = 0
+    extents: int = 0
+    logical_bytes: int = 0     # bytes of file data carried
+    payload_bytes: int = 0     # extent payload bytes on the wire
+    stream_bytes: int = 0
+    by_compression: dict[str, int] = field(default_factory=dict)
+
+
+class Encoder:
+    """Turns source items into framed records, in order, encoding extents on a thread pool."""
+
+    def __init__(self, writer: StreamWriter, compression: int, level: int, threads: int,
+                 sealer=None, max_in_flight: int | None = None, progress: Callable[[int], None] | None = None):
+        self.writer = writer
+        self.compression = compression
+        self.level = level
+        self.sealer = sealer
+        self.threads = max(1, threads)
+        self.max_in_flight = max_in_flight or 8 * self.threads
+        self.stats = SendStats()
+        self.progress = progress
+        self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="encode") if self.threads > 1 else None
+        self._pending: deque = deque()
+        self._next_index = writer.next_index
+
+    def _encode_chunk(self, index: int, chunk: DataChunk):
+        compression, payload = compress(chunk.data, self.compression, self.level)
+        n = len(chunk.data)
+        extent = Extent(chunk.file_id, chunk.offset, n, n, 0, len(payload), compression)
+        if self.sealer:
+            extent, payload = self.sealer.seal_extent(index, extent, payload)
+        return extent, payload, n
+
+    def _seal_raw(self, index: int, item: EncodedChunk):
+        extent, payload = item.extent, item.payload
+        if self.sealer:
+            extent, payload = self.sealer.seal_extent(index, extent, payload)
+        return extent, payload, extent.num_bytes
+
+    def add(self, item) -> None:
+        index = self._next_index
+        self._next_index += 1
+        if isinstance(item, DataChunk):
+            if self._pool is not None and len(item.data) >= INLINE_BELOW:
+                self._pending.append(self._pool.submit(self._encode_chunk, index, item))
+            else:
+                self._pending.append(self._encode_chunk(index, item))
+        elif isinstance(item, EncodedChunk):
+            if self._pool is not None and self.sealer:
+                self._pending.append(self._pool.submit(self._seal_raw, index, item))
+            else:
+                self._pending.append(self._seal_raw(index, item))
+        else:
+            body, flags = item.pack(), 0
+            if self.sealer:
+                body, flags = self.sealer.seal_metadata(index, item.type, body), FLAG_SEALED
+            self._pending.append((item.type, body, flags))
+        while len(self._pending) > self.max_in_flight:
+            self._write_one()
+
+    def _write_one(self) -> None:
+        done = self._pending.popleft()
+        if isinstance(done, Future):
+            done = done.result()
+        if len(done) == 3 and isinstance(done[0], int):
+            rtype, body, flags = done
+            self.writer.write_record(rtype, body, flags=flags)
+            return
+        extent, payload, logical = done
+        self.writer.write_record(RecordType.EXTENT, extent.pack(), payload)
+        st = self.stats
+        st.extents += 1
+        st.logical_bytes += logical
+        st.payload_bytes += len(payload)
+        name = Compression.NAMES[extent.compression]
+        st.by_compression[name] = st.by_compression.get(name, 0) + 1
+        if self.progress:
+            self.progress(logical)
+
+    def finish(self):
+        try:
+            while self._pending:
+                self._write_one()
+            end = self.writer.finish(self.sealer.end_mac if self.sealer else None)
+        finally:
+            self.close()
+        self.stats.records = self.writer.record_count
+        self.stats.stream_bytes = self.writer.byte_count
+        return end
+
+    def close(self) -> None:
+        if self._pool is not None:
+            for f in self._pending:
+                if isinstance(f, Future):
+                    f.cancel()
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+
+def make_header(*, compression: int, sealer=None, stream_id: bytes | None = None,
+                created_ns: int | None = None) -> Header:
+    required = Feature.LZ4 if compression == Compression.LZ4 else 0
+    fields = dict(stream_id=stream_id or os.urandom(16),
+                  created_ns=time.time_ns() if created_ns is None else created_ns,
+                  required_features=required)
+    if sealer is not None:
+        fields.update(sealer.header_fields())
+        fields["required_features"] |= Feature.ENCRYPTED
+    return Header(**fields)
+
+
+def send(items: Iterable, write: Callable[[bytes], None], *, compression: int = Compression.ZSTD,
+         level: int = 3, threads: int | None = None, sealer=None, stream_id: bytes | None = None,
+         created_ns: int | None = None, progress=None) -> SendStats:
+    """Write one complete stream of ``items`` (records and chunks from a source)."""
+    header = make_header(compression=compression, sealer=sealer, stream_id=stream_id,
+                         created_ns=created_ns)
+    if sealer is not None:
+        sealer.start(header)
+    writer = StreamWriter(write, header)
+    threads = threads if threads is not None else min(4, os.cpu_count() or 1)
+    encoder = Encoder(writer, compression, level, threads, sealer, progress=progress)
+    try:
+        for item in items:
+            encoder.add(item)
+        encoder.finish()
+    finally:
+        encoder.close()
+    return encoder.stats
+
+
+# -- receiving --------------------------------------------------------------------------------
+
+@dataclass
+class ReceiveStats:
+    records: int = 0
+    files: int = 0
+    dirs: int = 0
+    symlinks: int = 0
+    hardlinks: int = 0
+    specials: int = 0
+    xattrs: int = 0
+    extents: int = 0
+    logical_bytes: int = 0
+    payload_bytes: int = 0
+    stream_bytes: int = 0
+    authenticated: bool = False
+    encrypted: bool = False
+    sealed_skipped: int = 0    # records a keyless verify could only check structurally
+
+
+_CREATE_COUNTERS = {RecordType.MKDIR: "dirs", RecordType.MKFILE: "files",
+                    RecordType.SYMLINK: "symlinks", RecordType.MKNOD: "specials"}
+
+
+def receive(stream, sink, *, keyring=None, limits: Limits | None = None, require_key: bool = True,
+            on_record: Callable[[RawRecord, object], None] | None = None, progress=None) -> ReceiveStats:
+    """Read a whole stream, check it, and hand every record to ``sink``.
+
+    ``sink`` gets ``begin(header)``, ``create``, ``link``, ``xattr``,
+    ``extent(extent, data)`` with the decoded file bytes, and ``commit()``
+    only after END checked; on any error it gets ``abort()``.  A keyless
+    reader (``require_key=False``) of an encrypted stream checks framing,
+    CRCs, digest and the clear extent fields only.
+    """
+    reader = StreamReader(stream)
+    checker = StreamChecker(limits or Limits())
+    stats = ReceiveStats()
+    opener = None
+    try:
+        for raw in reader:
+            if raw.type == RecordType.HEADER:
+                header = reader.header
+                stats.encrypted = header.encrypted
+                if header.encrypted:
+                    opener = keyring.opener(header) if keyring is not None else None
+                    if opener is None and require_key:
+                        raise KeyMissing(f"it needs key id {header.key_id.hex()}", record=0)
+                if on_record:
+                    on_record(raw, header)
+                sink.begin(header)
+                continue
+            if raw.type == RecordType.END:
+                if opener is not None:
+                    opener.check_end(reader.header_body, reader.end, raw.index)
+                    stats.authenticated = True
+                if opener is not None or not stats.encrypted:
+                    checker.finish(raw.index)
+                stats.records = reader.record_count + 1
+                stats.stream_bytes = reader.offset
+                if on_record:
+                    on_record(raw, reader.end)
+                sink.commit()
+                return stats
+            if raw.type not in RecordType.NAMES:
+                if on_record:
+                    on_record(raw, None)
+                continue  # skippable record of a later version
+            rec = _record(raw, opener, stats)
+            if on_record:
+                on_record(raw, rec)
+            if rec is None:
+                continue
+            try:
+                checker.check(rec, raw.index)
+            except Exception as e:
+                _set_where(e, raw)
+                raise
+            _apply(rec, raw, sink, opener, stats)
+            if progress and isinstance(rec, Extent):
+                progress(rec.num_bytes)
+    except BaseException as e:
+        sink.abort()
+        raise
+    raise AssertionError("unreachable: the reader ends with END or an error")
+
+
+def _record(raw: RawRecord, opener, stats: ReceiveStats):
+    """Typed record, or None when a keyless reader meets a sealed body."""
+    try:
+        if raw.flags & FLAG_SEALED:
+            if opener is None:
+                stats.sealed_skipped += 1
+                return None
+            return unpack_body(raw.type, opener.open_metadata(raw))
+        return unpack_body(raw.type, raw.body)
+    except Exception as e:
+        _set_where(e, raw)
+        raise
+
+
+def _apply(rec, raw: RawRecord, sink, opener, stats: ReceiveStats) -> None:
+    try:
+        if isinstance(rec, Extent):
+            if len(raw.payload) != rec.disk_num_bytes:
+                raise MalformedRecord(f"payload is {len(raw.payload)} bytes, disk_num_bytes says"
+                                      f" {rec.disk_num_bytes}")
+            stats.extents += 1
+            stats.payload_bytes += rec.disk_num_bytes
+            stats.logical_bytes += rec.num_bytes
+            if rec.encryption:
+                if opener is None:
+                    return
+                payload = opener.open_extent(raw.index, rec, raw.payload)
+            else:
+                payload = raw.payload
+            if sink.wants_encoded(rec):
+                sink.extent_encoded(rec, payload)
+            else:
+                data = decode(payload, rec.compression, rec.unencoded_len)
+                sink.extent(rec, memoryview(data)[rec.unencoded_offset:rec.unencoded_offset + rec.num_bytes])
+        elif isinstance(rec, Create):
+            setattr(stats, _CREATE_COUNTERS[rec.type], getattr(stats, _CREATE_COUNTERS[rec.type]) + 1)
+            sink.create(rec)
+        elif rec.type == RecordType.LINK:
+            stats.hardlinks += 1
+            sink.link(rec)
+        elif rec.type == RecordType.SET_XATTR:
+            stats.xattrs += 1
+            sink.xattr(rec)
+    except Exception as e:
+        _set_where(e, raw)
+        raise
+
+
+def _set_where(e: BaseException, raw: RawRecord) -> None:
+    if isinstance(e, RawsendError):
+        if e.record is None:
+            e.record = raw.index
+        if e.offset is None:
+            e.offset = raw.offset
+
+
+class NullSink:
+    """A sink that keeps nothing: verify and dump decode every payload and drop it."""
+
+    def begin(self, header): pass
+    def create(self, rec): pass
+    def link(self, rec): pass
+    def xattr(self, rec): pass
+    def wants_encoded(self, rec): return False
+    def extent(self, rec, data): pass
+    def extent_encoded(self, rec, payload): pass
+    def commit(self): pass
+    def abort(self): pass

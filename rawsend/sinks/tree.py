@@ -1,0 +1,331 @@
+"""Tree sink: rebuilds files inside a private temporary directory, then renames it into place.
+
+Confinement by construction: every name is a single checked component and
+every file is created relative to its parent directory's fd with O_NOFOLLOW
+and O_EXCL, so nothing a stream says can reach outside the temporary
+directory, and nothing already there is overwritten.  The destination only
+appears, complete, after END was checked (spec section "Receiving").
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import secrets
+import shutil
+import stat
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rawsend.errors import DestinationError, MalformedRecord, RawsendError
+from rawsend.stream.records import ROOT_ID, Create, Extent, Link, RecordType, SetXattr
+
+DIR_FD_CACHE = 64
+TEMP_MARK = ".rawsend-"
+
+
+@dataclass
+class TreeReport:
+    skipped_special: int = 0
+    skipped_xattrs: int = 0
+    stripped_modes: int = 0
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class _Node:
+    parent_id: int
+    name: bytes
+    rec: Create
+
+
+def _syncfs(fd: int) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.syncfs(fd) != 0:
+        err = ctypes.get_errno()
+        raise DestinationError(f"syncfs failed: {os.strerror(err)}")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_tree(path: Path) -> None:
+    """rmtree that first makes read-only directories writable again."""
+    def onerror(func, p, exc):
+        try:
+            os.chmod(os.path.dirname(p), 0o700)
+            os.chmod(p, 0o700, follow_symlinks=False) if os.path.isdir(p) else None
+        except OSError:
+            pass
+        try:
+            func(p)
+        except FileNotFoundError:
+            pass
+    if path.exists() or path.is_symlink():
+        shutil.rmtree(path, onerror=onerror)
+
+
+def clean_stale_temps(dest: Path) -> list[Path]:
+    """Remove temporary directories of earlier receives into ``dest`` whose process is gone."""
+    removed = []
+    prefix = f".{dest.name}{TEMP_MARK}"
+    try:
+        entries = list(dest.parent.iterdir())
+    except OSError:
+        return removed
+    for p in entries:
+        if not p.name.startswith(prefix):
+            continue
+        pid_text = p.name[len(prefix):].split("-", 1)[0]
+        if pid_text.isdigit() and not _pid_alive(int(pid_text)):
+            remove_tree(p)
+            removed.append(p)
+    return removed
+
+
+class TreeSink:
+    def __init__(self, dest: str | Path, *, preserve_owner: bool | None = None,
+                 preserve_special: bool = False, sync: bool = True):
+        self.dest = Path(os.path.abspath(dest))
+        self.root_user = os.geteuid() == 0
+        self.preserve_owner = self.root_user if preserve_owner is None else preserve_owner
+        self.preserve_special = preserve_special
+        self.sync = sync
+        self.report = TreeReport()
+        self.temp: Path | None = None
+        self._nodes: dict[int, _Node] = {}
+        self._dir_fds: OrderedDict[int, int] = OrderedDict()
+        self._dirs: list[int] = []
+        self._cur_id = 0
+        self._cur_fd = -1
+        self._cur_rec: Create | None = None
+
+    # -- set-up and tear-down ---------------------------------------------------------------
+
+    def begin(self, header) -> None:
+        parent = self.dest.parent
+        if not parent.is_dir():
+            raise DestinationError("its parent directory does not exist", path=str(parent))
+        if self.dest.is_symlink() or (self.dest.exists() and not self._empty_dir(self.dest)):
+            raise DestinationError("it exists and is not an empty directory", path=str(self.dest),
+                                   hint="choose a new directory; receive never overwrites")
+        clean_stale_temps(self.dest)
+        self.temp = parent / f".{self.dest.name}{TEMP_MARK}{os.getpid()}-{secrets.token_hex(4)}"
+        try:
+            os.mkdir(self.temp, 0o700)
+        except OSError as e:
+            raise DestinationError(f"cannot create a temporary directory: {e.strerror}",
+                                   path=str(self.temp)) from None
+        fd = os.open(self.temp, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        self._dir_fds[ROOT_ID] = fd
+
+    @staticmethod
+    def _empty_dir(p: Path) -> bool:
+        try:
+            return p.is_dir() and not any(os.scandir(p))
+        except OSError:
+            return False
+
+    def abort(self) -> None:
+        self._close_all()
+        if self.temp is not None:
+            remove_tree(self.temp)
+            self.temp = None
+
+    def _close_all(self) -> None:
+        if self._cur_fd >= 0:
+            os.close(self._cur_fd)
+            self._cur_fd = -1
+        for fd in self._dir_fds.values():
+            os.close(fd)
+        self._dir_fds.clear()
+
+    # -- directory fds ---------------------------------------------------------------------
+
+    def _dir_fd(self, dir_id: int) -> int:
+        fd = self._dir_fds.get(dir_id)
+        if fd is not None:
+            self._dir_fds.move_to_end(dir_id)
+            return fd
+        node = self._nodes[dir_id]
+        parent_fd = self._dir_fd(node.parent_id)
+        fd = os.open(node.name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     dir_fd=parent_fd)
+        self._dir_fds[dir_id] = fd
+        while len(self._dir_fds) > DIR_FD_CACHE:
+            old_id, old_fd = next(iter(self._dir_fds.items()))
+            if old_id == ROOT_ID:
+                self._dir_fds.move_to_end(ROOT_ID)
+                continue
+            del self._dir_fds[old_id]
+            os.close(old_fd)
+        return fd
+
+    def _path(self, file_id: int) -> str:
+        parts = []
+        while file_id != ROOT_ID:
+            node = self._nodes[file_id]
+            parts.append(os.fsdecode(node.name))
+            file_id = node.parent_id
+        return "/".join(reversed(parts)) or "."
+
+    # -- records ------------------------------------------------------------------------------
+
+    def create(self, rec: Create) -> None:
+        self._finish_file()
+        self._nodes[rec.file_id] = _Node(rec.parent_id, rec.name, rec)
+        self._cur_id, self._cur_rec = rec.file_id, rec
+        if rec.file_id == ROOT_ID:
+            self._dirs.append(ROOT_ID)
+            return
+        parent_fd = self._dir_fd(rec.parent_id)
+        try:
+            if rec.type == RecordType.MKDIR:
+                os.mkdir(rec.name, 0o700, dir_fd=parent_fd)
+                self._dirs.append(rec.file_id)
+            elif rec.type == RecordType.MKFILE:
+                self._cur_fd = os.open(rec.name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                                       | os.O_CLOEXEC, 0o600, dir_fd=parent_fd)
+                if rec.size:
+                    os.ftruncate(self._cur_fd, rec.size)
+            elif rec.type == RecordType.SYMLINK:
+                os.symlink(rec.target, rec.name, dir_fd=parent_fd)
+                self._apply_symlink_meta(rec, parent_fd)
+            elif rec.type == RecordType.MKNOD:
+                self._mknod(rec, parent_fd)
+        except OSError as e:
+            raise self._os_error(e, rec.file_id) from None
+
+    def _mknod(self, rec: Create, parent_fd: int) -> None:
+        kind = stat.S_IFMT(rec.mode)
+        allowed = self.preserve_special and (kind == stat.S_IFIFO or self.root_user)
+        if not allowed:
+            self.report.skipped_special += 1
+            return
+        os.mknod(rec.name, kind | (rec.mode & 0o777), rec.size, dir_fd=parent_fd)
+        if self.preserve_owner:
+            os.chown(rec.name, rec.uid, rec.gid, dir_fd=parent_fd, follow_symlinks=False)
+        os.utime(rec.name, ns=(rec.atime_ns, rec.mtime_ns), dir_fd=parent_fd, follow_symlinks=False)
+
+    def _apply_symlink_meta(self, rec: Create, parent_fd: int) -> None:
+        if self.preserve_owner:
+            os.chown(rec.name, rec.uid, rec.gid, dir_fd=parent_fd, follow_symlinks=False)
+        os.utime(rec.name, ns=(rec.atime_ns, rec.mtime_ns), dir_fd=parent_fd, follow_symlinks=False)
+
+    def link(self, rec: Link) -> None:
+        self._finish_file()
+        self._cur_id, self._cur_rec = 0, None
+        src = self._nodes[rec.file_id]
+        try:
+            os.link(src.name, rec.name, src_dir_fd=self._dir_fd(src.parent_id),
+                    dst_dir_fd=self._dir_fd(rec.parent_id), follow_symlinks=False)
+        except OSError as e:
+            raise self._os_error(e, rec.file_id) from None
+
+    def xattr(self, rec: SetXattr) -> None:
+        cur = self._cur_rec
+        try:
+            if cur.type == RecordType.MKFILE:
+                os.setxattr(self._cur_fd, rec.name, rec.value)
+            elif cur.type == RecordType.MKDIR:
+                os.setxattr(self._dir_fd(rec.file_id), rec.name, rec.value)
+            elif cur.type == RecordType.SYMLINK:
+                # no fd can be opened on a symlink itself: go through the parent's fd
+                path = f"/proc/self/fd/{self._dir_fd(cur.parent_id)}/{os.fsdecode(cur.name)}"
+                os.setxattr(path, rec.name, rec.value, follow_symlinks=False)
+            else:
+                self.report.skipped_xattrs += 1
+        except OSError as e:
+            if e.errno in (errno.EPERM, errno.ENOTSUP, errno.EACCES, errno.EINVAL):
+                self.report.skipped_xattrs += 1
+                if len(self.report.warnings) < 20:
+                    self.report.warnings.append(f"{self._path(rec.file_id)}: xattr "
+                                                f"{os.fsdecode(rec.name)} not set: {e.strerror}")
+            else:
+                raise self._os_error(e, rec.file_id) from None
+
+    def wants_encoded(self, rec: Extent) -> bool:
+        return False
+
+    def extent(self, rec: Extent, data) -> None:
+        try:
+            view = memoryview(data)
+            offset = rec.offset
+            while view:
+                n = os.pwrite(self._cur_fd, view, offset)
+                view, offset = view[n:], offset + n
+        except OSError as e:
+            raise self._os_error(e, rec.file_id) from None
+
+    def _finish_file(self) -> None:
+        if self._cur_fd < 0:
+            return
+        rec, fd = self._cur_rec, self._cur_fd
+        self._cur_fd = -1
+        try:
+            if self.preserve_owner:
+                os.fchown(fd, rec.uid, rec.gid)
+            os.fchmod(fd, self._mode(rec))
+            os.utime(fd, ns=(rec.atime_ns, rec.mtime_ns))
+        except OSError as e:
+            raise self._os_error(e, rec.file_id) from None
+        finally:
+            os.close(fd)
+
+    def _mode(self, rec: Create) -> int:
+        mode = stat.S_IMODE(rec.mode)
+        if not self.preserve_owner:
+            keep = 0o3777 if rec.type == RecordType.MKDIR else 0o777  # no setuid/setgid on files we own
+            if mode & ~keep:
+                self.report.stripped_modes += 1
+            mode &= keep
+        return mode
+
+    def commit(self) -> None:
+        self._finish_file()
+        # deepest first: a child always has a larger id than its parent, so read-only
+        # directories get their mode only after everything inside them is written
+        try:
+            for dir_id in sorted(self._dirs, reverse=True):
+                rec = self._nodes[dir_id].rec
+                fd = self._dir_fd(dir_id)
+                if self.preserve_owner:
+                    os.fchown(fd, rec.uid, rec.gid)
+                os.fchmod(fd, self._mode(rec))
+                os.utime(fd, ns=(rec.atime_ns, rec.mtime_ns))
+            if self.sync:
+                _syncfs(self._dir_fds[ROOT_ID])
+        except OSError as e:
+            raise self._os_error(e, 0) from None
+        self._close_all()
+        try:
+            os.rename(self.temp, self.dest)
+        except OSError as e:
+            raise DestinationError(f"cannot move the received tree into place: {e.strerror}",
+                                   path=str(self.dest)) from None
+        self.temp = None
+        if self.sync:
+            parent_fd = os.open(self.dest.parent, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(parent_fd)
+            finally:
+                os.close(parent_fd)
+
+    def _os_error(self, e: OSError, file_id: int) -> RawsendError:
+        path = str(self.dest / self._path(file_id)) if file_id in self._nodes else str(self.dest)
+        if e.errno == errno.ENOSPC:
+            return DestinationError("no space left on the destination", path=path,
+                                    hint="free space and receive again; nothing was kept")
+        if e.errno == errno.EEXIST:
+            return MalformedRecord("the stream creates the same name twice in one directory",
+                                   path=path)
+        return DestinationError(e.strerror or str(e), path=path)

@@ -1,0 +1,195 @@
+"""StreamReader: parses a stream with hard bounds and checks every CRC, the digest and END.
+
+It yields RawRecord objects in order.  Nothing is trusted before it is
+checked: lengths are compared with their caps before any buffer is sized,
+and a record is handed on only after its CRC matched.  The END record is
+checked against the count, byte count and digest of everything before it,
+and the stream must end right after END.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import BinaryIO, Iterator
+
+from crc32c import crc32c
+
+from rawsend.errors import (
+    BadMagic, ChecksumMismatch, DigestMismatch, LimitExceeded, MalformedRecord, RecordOrderError,
+    StreamError, TrailingData, TruncatedStream, UnsupportedFeature, UnsupportedVersion,
+)
+from rawsend.stream.records import (
+    CRC_COVERED, FLAG_SEALED, FLAG_SKIPPABLE, KNOWN_FLAGS, MAGIC, MAX_BODY_LEN, MAX_PAYLOAD_LEN,
+    PREAMBLE, RECORD_HEADER, VERSION, End, Feature, Header, RecordType,
+)
+
+
+@dataclass(slots=True)
+class RawRecord:
+    """One framed record, CRC checked.  ``payload`` is only valid until the next record."""
+
+    index: int
+    offset: int          # byte offset of the record header in the stream
+    type: int
+    flags: int
+    header: bytes        # the 16 framing bytes, as read
+    body: bytes
+    payload: memoryview
+
+    @property
+    def sealed(self) -> bool:
+        return bool(self.flags & FLAG_SEALED)
+
+    @property
+    def size(self) -> int:
+        return RECORD_HEADER.size + len(self.body) + len(self.payload)
+
+    def raw_bytes(self) -> bytes:
+        return self.header + self.body + bytes(self.payload)
+
+
+class StreamReader:
+    """Iterate over a stream's records.  After iteration, ``end`` holds the checked END."""
+
+    def __init__(self, stream: BinaryIO):
+        self._stream = stream
+        self._payload_buf = bytearray(MAX_PAYLOAD_LEN)
+        self._digest = hashlib.sha256()
+        self.offset = 0
+        self.record_count = 0
+        self.header: Header | None = None
+        self.header_body: bytes = b""
+        self.end: End | None = None
+        self.preamble = b""
+        self.digest = b""
+
+    # -- low-level reads ------------------------------------------------------------
+
+    def _read_exact(self, n: int, what: str, record: int | None) -> bytes:
+        data = self._stream.read(n)
+        if len(data) != n:
+            raise TruncatedStream(f"{what}: expected {n} bytes, got {len(data)}",
+                                  record=record, offset=self.offset + len(data))
+        self.offset += n
+        return data
+
+    def _read_payload(self, n: int, record: int) -> memoryview:
+        view = memoryview(self._payload_buf)[:n]
+        got = 0
+        while got < n:
+            k = self._stream.readinto(view[got:])
+            if not k:
+                raise TruncatedStream(f"payload: expected {n} bytes, got {got}",
+                                      record=record, offset=self.offset + got)
+            got += k
+        self.offset += n
+        return view
+
+    # -- parsing --------------------------------------------------------------------
+
+    def _read_preamble(self) -> None:
+        data = self._stream.read(PREAMBLE.size)
+        if len(data) < len(MAGIC) or data[:len(MAGIC)] != MAGIC:
+            if MAGIC.startswith(data):
+                raise TruncatedStream(f"stream is {len(data)} bytes, shorter than its magic",
+                                      offset=len(data))
+            raise BadMagic(f"first bytes are {data[:8]!r}, expected {MAGIC!r}", offset=0,
+                           hint="is this a rawsend stream?")
+        if len(data) < PREAMBLE.size:
+            raise TruncatedStream("stream ends inside its version field", offset=len(data))
+        _, version = PREAMBLE.unpack(data)
+        if version != VERSION:
+            raise UnsupportedVersion(f"stream version {version}, this rawsend reads {VERSION}",
+                                     offset=len(MAGIC))
+        self.preamble = data
+        self._digest.update(data)
+        self.offset = PREAMBLE.size
+
+    def _read_record(self) -> RawRecord:
+        index, start = self.record_count, self.offset
+        header = self._stream.read(RECORD_HEADER.size)
+        if len(header) != RECORD_HEADER.size:
+            if not header:
+                raise TruncatedStream("no END record", record=index, offset=start)
+            raise TruncatedStream(f"record header: expected {RECORD_HEADER.size} bytes, got {len(header)}",
+                                  record=index, offset=start + len(header))
+        self.offset += RECORD_HEADER.size
+        rtype, flags, body_len, payload_len, crc = RECORD_HEADER.unpack(header)
+        if flags & ~KNOWN_FLAGS:
+            raise MalformedRecord(f"unknown flag bits 0x{flags & ~KNOWN_FLAGS:04x}", record=index, offset=start)
+        if body_len > MAX_BODY_LEN:
+            raise LimitExceeded(f"body length {body_len} over the cap {MAX_BODY_LEN}", record=index, offset=start)
+        if payload_len > MAX_PAYLOAD_LEN:
+            raise LimitExceeded(f"payload length {payload_len} over the cap {MAX_PAYLOAD_LEN}",
+                                record=index, offset=start)
+        body = self._read_exact(body_len, "record body", index)
+        payload = self._read_payload(payload_len, index) if payload_len else memoryview(b"")
+        got = crc32c(body, crc32c(header[:CRC_COVERED]))
+        if payload_len:
+            got = crc32c(payload, got)
+        if got != crc:
+            raise ChecksumMismatch(f"record CRC-32C is 0x{got:08x}, header says 0x{crc:08x}",
+                                   record=index, offset=start)
+        return RawRecord(index, start, rtype, flags, header, body, payload)
+
+    def __iter__(self) -> Iterator[RawRecord]:
+        self._read_preamble()
+        first = self._read_record()
+        if first.type != RecordType.HEADER or first.flags:
+            raise RecordOrderError(f"first record is type {first.type}, expected header",
+                                   record=0, offset=first.offset)
+        try:
+            self.header = Header.unpack(first.body)
+        except StreamError as e:
+            e.record, e.offset = 0, first.offset
+            raise
+        unknown = self.header.required_features & ~Feature.SUPPORTED_REQUIRED
+        if unknown:
+            raise UnsupportedFeature(f"required feature bits 0x{unknown:x} are unknown to this version",
+                                     record=0, offset=first.offset)
+        self.header_body = first.body
+        self._account(first)
+        yield first
+        while True:
+            rec = self._read_record()
+            if rec.type == RecordType.END:
+                self._check_end(rec)
+                yield rec
+                return
+            if rec.type == RecordType.HEADER:
+                raise RecordOrderError("a second header record", record=rec.index, offset=rec.offset)
+            if rec.type not in RecordType.NAMES and not rec.flags & FLAG_SKIPPABLE:
+                raise MalformedRecord(f"unknown record type {rec.type} not marked skippable",
+                                      record=rec.index, offset=rec.offset,
+                                      hint="the stream comes from a newer rawsend or is damaged")
+            self._account(rec)
+            yield rec
+
+    def _account(self, rec: RawRecord) -> None:
+        self._digest.update(rec.header)
+        self.record_count += 1
+
+    def _check_end(self, rec: RawRecord) -> None:
+        if rec.flags or rec.payload:
+            raise MalformedRecord("END record with flags or payload", record=rec.index, offset=rec.offset)
+        try:
+            end = End.unpack(rec.body)
+        except StreamError as e:
+            e.record, e.offset = rec.index, rec.offset
+            raise
+        self.digest = self._digest.digest()
+        if end.record_count != self.record_count:
+            raise DigestMismatch(f"END counts {end.record_count} records, the stream has {self.record_count}",
+                                 record=rec.index, offset=rec.offset)
+        if end.byte_count != rec.offset:
+            raise DigestMismatch(f"END counts {end.byte_count} bytes before it, the stream has {rec.offset}",
+                                 record=rec.index, offset=rec.offset)
+        if end.digest != self.digest:
+            raise DigestMismatch("END digest differs from the digest of the stream",
+                                 record=rec.index, offset=rec.offset)
+        extra = self._stream.read(1)
+        if extra:
+            raise TrailingData("bytes follow the END record", record=rec.index + 1, offset=self.offset,
+                               hint="the stream was damaged or concatenated")
+        self.end = end

@@ -1,0 +1,379 @@
+"""Stream format v1: byte layouts and the records they carry.
+
+spec/stream-format.md is the normative text; every constant here is named
+there.  All integers are little-endian.  Each layout is a module-level
+``struct.Struct`` next to the dataclass it fills.
+"""
+
+from __future__ import annotations
+
+import stat
+import struct
+from dataclasses import dataclass
+
+from rawsend.errors import LimitExceeded, MalformedRecord, UnsafePath
+
+# -- preamble -------------------------------------------------------------------------
+
+MAGIC = b"rawsend\n"
+VERSION = 1
+PREAMBLE = struct.Struct("<8sI")  # magic, version
+
+# -- record framing ---------------------------------------------------------------------
+
+# type u16, flags u16, body_len u32, payload_len u32, crc32c u32
+RECORD_HEADER = struct.Struct("<HHIII")
+CRC_COVERED = 12  # the CRC covers the header's first 12 bytes, then body, then payload
+
+FLAG_SEALED = 0x0001     # body is nonce || AEAD ciphertext (encrypted streams)
+FLAG_SKIPPABLE = 0x0002  # a reader that does not know the type may skip the record
+KNOWN_FLAGS = FLAG_SEALED | FLAG_SKIPPABLE
+
+# Hard caps, checked before anything is allocated.
+MAX_NAME_LEN = 255           # one path component (NAME_MAX)
+MAX_TARGET_LEN = 4095        # symlink target (PATH_MAX - 1)
+MAX_XATTR_NAME_LEN = 255     # XATTR_NAME_MAX
+MAX_XATTR_VALUE_LEN = 65536  # XATTR_SIZE_MAX
+MAX_EXTENT_LEN = 128 * 1024  # unencoded_len and num_bytes, as btrfs
+AEAD_TAG_LEN = 16
+NONCE_LEN = 12
+MAX_BODY_LEN = 68 * 1024     # fits the largest xattr record, sealed
+MAX_PAYLOAD_LEN = MAX_EXTENT_LEN + AEAD_TAG_LEN
+
+
+class RecordType:
+    HEADER = 1
+    MKDIR = 2
+    MKFILE = 3
+    MKNOD = 4
+    SYMLINK = 5
+    LINK = 6
+    SET_XATTR = 7
+    EXTENT = 8
+    END = 9
+    # 10..19 are reserved for btrfs-send-like commands of later versions:
+    # rename, unlink, rmdir, remove_xattr, chmod, chown, utimes, truncate,
+    # clone, fallocate.
+
+    NAMES = {1: "header", 2: "mkdir", 3: "mkfile", 4: "mknod", 5: "symlink",
+             6: "link", 7: "set_xattr", 8: "extent", 9: "end"}
+
+
+# -- HEADER -----------------------------------------------------------------------------
+
+# stream_id 16s, created_ns i64, required_features u64, optional_features u64,
+# cipher u8, key_id 16s, salt 32s
+HEADER_BODY = struct.Struct("<16sqQQB16s32s")
+
+
+class Feature:
+    """Required feature bits: a reader lacking one refuses the stream, naming it."""
+
+    ENCRYPTED = 1 << 0   # extents and metadata are sealed (spec section "Encryption")
+    LZ4 = 1 << 1         # some extents use compression 16 (lz4 block)
+
+    REQUIRED_NAMES = {ENCRYPTED: "encrypted", LZ4: "lz4"}
+    # No optional feature is defined in v1; unknown optional bits are ignored.
+    OPTIONAL_NAMES: dict[int, str] = {}
+    SUPPORTED_REQUIRED = ENCRYPTED | LZ4
+
+
+class Cipher:
+    NONE = 0
+    AES_256_GCM = 1
+    CHACHA20_POLY1305 = 2
+
+    NAMES = {0: "none", 1: "aes-256-gcm", 2: "chacha20-poly1305"}
+    BY_NAME = {v: k for k, v in NAMES.items()}
+
+
+@dataclass(frozen=True, slots=True)
+class Header:
+    stream_id: bytes
+    created_ns: int
+    required_features: int = 0
+    optional_features: int = 0
+    cipher: int = Cipher.NONE
+    key_id: bytes = bytes(16)
+    salt: bytes = bytes(32)
+
+    def pack(self) -> bytes:
+        # "16s" would silently pad or truncate a wrong-length id
+        assert len(self.stream_id) == 16 and len(self.key_id) == 16 and len(self.salt) == 32
+        return HEADER_BODY.pack(self.stream_id, self.created_ns, self.required_features,
+                                self.optional_features, self.cipher, self.key_id, self.salt)
+
+    @classmethod
+    def unpack(cls, body: bytes) -> "Header":
+        _exact(body, HEADER_BODY.size, "header")
+        h = cls(*HEADER_BODY.unpack(body))
+        if h.cipher not in Cipher.NAMES:
+            raise MalformedRecord(f"unknown cipher {h.cipher} in header")
+        if bool(h.required_features & Feature.ENCRYPTED) != (h.cipher != Cipher.NONE):
+            raise MalformedRecord("header cipher and 'encrypted' feature bit disagree")
+        if h.cipher == Cipher.NONE and (any(h.key_id) or any(h.salt)):
+            raise MalformedRecord("unencrypted header carries a key id or salt")
+        return h
+
+    @property
+    def encrypted(self) -> bool:
+        return self.cipher != Cipher.NONE
+
+
+# -- MKDIR / MKFILE / MKNOD / SYMLINK ---------------------------------------------------
+
+# file_id u64, parent_id u64, mode u32, uid u32, gid u32,
+# atime_sec i64, atime_nsec u32, mtime_sec i64, mtime_nsec u32,
+# size_or_rdev u64, name_len u16, target_len u16; then name, then target
+CREATE_BODY = struct.Struct("<QQIIIqIqIQHH")
+
+_CREATE_KIND = {
+    RecordType.MKDIR: (stat.S_IFDIR,),
+    RecordType.MKFILE: (stat.S_IFREG,),
+    RecordType.SYMLINK: (stat.S_IFLNK,),
+    RecordType.MKNOD: (stat.S_IFCHR, stat.S_IFBLK, stat.S_IFIFO, stat.S_IFSOCK),
+}
+ROOT_ID = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Create:
+    type: int
+    file_id: int
+    parent_id: int
+    name: bytes
+    mode: int
+    uid: int
+    gid: int
+    atime_ns: int
+    mtime_ns: int
+    size: int = 0      # MKFILE: file size; MKNOD: rdev; others 0
+    target: bytes = b""  # SYMLINK only
+
+    def pack(self) -> bytes:
+        a_sec, a_nsec = divmod(self.atime_ns, 1_000_000_000)
+        m_sec, m_nsec = divmod(self.mtime_ns, 1_000_000_000)
+        return CREATE_BODY.pack(self.file_id, self.parent_id, self.mode, self.uid, self.gid,
+                                a_sec, a_nsec, m_sec, m_nsec, self.size,
+                                len(self.name), len(self.target)) + self.name + self.target
+
+    @classmethod
+    def unpack(cls, rtype: int, body: bytes) -> "Create":
+        _at_least(body, CREATE_BODY.size, RecordType.NAMES[rtype])
+        (file_id, parent_id, mode, uid, gid, a_sec, a_nsec, m_sec, m_nsec, size,
+         name_len, target_len) = CREATE_BODY.unpack_from(body)
+        _exact(body, CREATE_BODY.size + name_len + target_len, RecordType.NAMES[rtype])
+        if a_nsec >= 1_000_000_000 or m_nsec >= 1_000_000_000:
+            raise MalformedRecord("nanoseconds field is 1e9 or more")
+        if stat.S_IFMT(mode) not in _CREATE_KIND[rtype]:
+            raise MalformedRecord(f"mode {mode:o} does not match a {RecordType.NAMES[rtype]} record")
+        if rtype == RecordType.SYMLINK:
+            if not 0 < target_len <= MAX_TARGET_LEN:
+                raise LimitExceeded(f"symlink target length {target_len} not in 1..{MAX_TARGET_LEN}")
+        elif target_len:
+            raise MalformedRecord("target given on a record that is not a symlink")
+        if rtype == RecordType.MKDIR and size:
+            raise MalformedRecord("mkdir with a nonzero size field")
+        name = bytes(body[CREATE_BODY.size:CREATE_BODY.size + name_len])
+        target = bytes(body[CREATE_BODY.size + name_len:])
+        if b"\0" in target:
+            raise UnsafePath("symlink target contains NUL")
+        if file_id == ROOT_ID:
+            if rtype != RecordType.MKDIR or parent_id != 0 or name:
+                raise MalformedRecord("file id 1 must be the root: mkdir, parent 0, empty name")
+        else:
+            check_name(name)
+        return cls(rtype, file_id, parent_id, name, mode, uid, gid,
+                   a_sec * 1_000_000_000 + a_nsec, m_sec * 1_000_000_000 + m_nsec, size, target)
+
+
+# -- LINK ---------------------------------------------------------------------------------
+
+LINK_BODY = struct.Struct("<QQH")  # file_id u64, parent_id u64, name_len u16; then name
+
+
+@dataclass(frozen=True, slots=True)
+class Link:
+    file_id: int
+    parent_id: int
+    name: bytes
+
+    type = RecordType.LINK
+
+    def pack(self) -> bytes:
+        return LINK_BODY.pack(self.file_id, self.parent_id, len(self.name)) + self.name
+
+    @classmethod
+    def unpack(cls, body: bytes) -> "Link":
+        _at_least(body, LINK_BODY.size, "link")
+        file_id, parent_id, name_len = LINK_BODY.unpack_from(body)
+        _exact(body, LINK_BODY.size + name_len, "link")
+        name = bytes(body[LINK_BODY.size:])
+        check_name(name)
+        return cls(file_id, parent_id, name)
+
+
+# -- SET_XATTR ----------------------------------------------------------------------------
+
+XATTR_BODY = struct.Struct("<QHI")  # file_id u64, name_len u16, value_len u32; name, value
+
+
+@dataclass(frozen=True, slots=True)
+class SetXattr:
+    file_id: int
+    name: bytes
+    value: bytes
+
+    type = RecordType.SET_XATTR
+
+    def pack(self) -> bytes:
+        return XATTR_BODY.pack(self.file_id, len(self.name), len(self.value)) + self.name + self.value
+
+    @classmethod
+    def unpack(cls, body: bytes) -> "SetXattr":
+        _at_least(body, XATTR_BODY.size, "set_xattr")
+        file_id, name_len, value_len = XATTR_BODY.unpack_from(body)
+        if not 0 < name_len <= MAX_XATTR_NAME_LEN:
+            raise LimitExceeded(f"xattr name length {name_len} not in 1..{MAX_XATTR_NAME_LEN}")
+        if value_len > MAX_XATTR_VALUE_LEN:
+            raise LimitExceeded(f"xattr value length {value_len} over {MAX_XATTR_VALUE_LEN}")
+        _exact(body, XATTR_BODY.size + name_len + value_len, "set_xattr")
+        name = bytes(body[XATTR_BODY.size:XATTR_BODY.size + name_len])
+        if b"\0" in name:
+            raise MalformedRecord("xattr name contains NUL")
+        return cls(file_id, name, bytes(body[XATTR_BODY.size + name_len:]))
+
+
+# -- EXTENT -------------------------------------------------------------------------------
+
+class Compression:
+    """btrfs numbering for 0..7; rawsend's own codecs from 16 up."""
+
+    NONE = 0
+    ZLIB = 1
+    ZSTD = 2
+    LZO_4K = 3  # .. LZO_64K = 7, by sector size as btrfs
+    LZ4 = 16    # lz4 block format, no size prefix
+
+    NAMES = {0: "none", 1: "zlib", 2: "zstd", 3: "lzo4k", 4: "lzo8k", 5: "lzo16k",
+             6: "lzo32k", 7: "lzo64k", 16: "lz4"}
+    BY_NAME = {v: k for k, v in NAMES.items()}
+
+
+# file_id u64, offset u64, num_bytes u64, unencoded_len u64, unencoded_offset u64,
+# disk_num_bytes u64, compression u8, encryption u8, reserved u16, key_id 16s, nonce 12s
+EXTENT_BODY = struct.Struct("<QQQQQQBBH16s12s")
+EXTENT_AAD_LEN = EXTENT_BODY.size - NONCE_LEN  # every field but the nonce is bound
+
+
+@dataclass(frozen=True, slots=True)
+class Extent:
+    file_id: int
+    offset: int
+    num_bytes: int        # logical bytes this extent fills in the file
+    unencoded_len: int    # length of the decoded payload
+    unencoded_offset: int  # where the file's bytes start inside the decoded payload
+    disk_num_bytes: int   # payload length on the wire (ciphertext + tag when sealed)
+    compression: int = Compression.NONE
+    encryption: int = Cipher.NONE
+    key_id: bytes = bytes(16)
+    nonce: bytes = bytes(12)
+
+    type = RecordType.EXTENT
+
+    def pack(self) -> bytes:
+        return EXTENT_BODY.pack(self.file_id, self.offset, self.num_bytes, self.unencoded_len,
+                                self.unencoded_offset, self.disk_num_bytes, self.compression,
+                                self.encryption, 0, self.key_id, self.nonce)
+
+    @classmethod
+    def unpack(cls, body: bytes) -> "Extent":
+        _exact(body, EXTENT_BODY.size, "extent")
+        (file_id, offset, num_bytes, unencoded_len, unencoded_offset, disk_num_bytes,
+         compression, encryption, reserved, key_id, nonce) = EXTENT_BODY.unpack(body)
+        if reserved:
+            raise MalformedRecord("extent reserved field is not zero")
+        if compression not in Compression.NAMES:
+            raise MalformedRecord(f"unknown compression {compression}")
+        if encryption not in Cipher.NAMES:
+            raise MalformedRecord(f"unknown encryption {encryption}")
+        if encryption == Cipher.NONE and (any(key_id) or any(nonce)):
+            raise MalformedRecord("unencrypted extent carries a key id or nonce")
+        if not 0 < unencoded_len <= MAX_EXTENT_LEN:
+            raise LimitExceeded(f"unencoded_len {unencoded_len} not in 1..{MAX_EXTENT_LEN}")
+        if unencoded_offset >= unencoded_len:
+            raise MalformedRecord(f"unencoded_offset {unencoded_offset} not below unencoded_len {unencoded_len}")
+        if not 0 < num_bytes <= unencoded_len - unencoded_offset:
+            raise MalformedRecord(f"num_bytes {num_bytes} does not fit unencoded_len {unencoded_len}"
+                                  f" at unencoded_offset {unencoded_offset}")
+        if compression == Compression.NONE and disk_num_bytes - (AEAD_TAG_LEN if encryption else 0) != unencoded_len:
+            raise MalformedRecord("uncompressed extent whose payload length is not unencoded_len")
+        if offset + num_bytes > 2**63 - 1:
+            raise LimitExceeded("extent ends beyond 2^63-1")
+        return cls(file_id, offset, num_bytes, unencoded_len, unencoded_offset, disk_num_bytes,
+                   compression, encryption, key_id, nonce)
+
+
+# -- END ------------------------------------------------------------------------------------
+
+# record_count u64, byte_count u64, digest 32s (SHA-256), mac 32s (zero unless encrypted)
+END_BODY = struct.Struct("<QQ32s32s")
+
+
+@dataclass(frozen=True, slots=True)
+class End:
+    record_count: int
+    byte_count: int
+    digest: bytes
+    mac: bytes = bytes(32)
+
+    type = RecordType.END
+
+    def pack(self) -> bytes:
+        return END_BODY.pack(self.record_count, self.byte_count, self.digest, self.mac)
+
+    @classmethod
+    def unpack(cls, body: bytes) -> "End":
+        _exact(body, END_BODY.size, "end")
+        return cls(*END_BODY.unpack(body))
+
+
+# -- helpers --------------------------------------------------------------------------------
+
+def check_name(name: bytes) -> None:
+    """Refuse any name that is not exactly one path component."""
+    if not name:
+        raise UnsafePath("empty name")
+    if len(name) > MAX_NAME_LEN:
+        raise LimitExceeded(f"name of {len(name)} bytes, over {MAX_NAME_LEN}")
+    if name in (b".", b".."):
+        raise UnsafePath(f"name {name!r}")
+    if b"/" in name or b"\0" in name:
+        raise UnsafePath(f"name {name!r} contains '/' or NUL")
+
+
+def _exact(body, size: int, what: str) -> None:
+    if len(body) != size:
+        raise MalformedRecord(f"{what} body is {len(body)} bytes, expected {size}")
+
+
+def _at_least(body, size: int, what: str) -> None:
+    if len(body) < size:
+        raise MalformedRecord(f"{what} body is {len(body)} bytes, expected at least {size}")
+
+
+def unpack_body(rtype: int, body: bytes):
+    """Typed record from a clear (unsealed) body."""
+    if rtype in _CREATE_KIND:
+        return Create.unpack(rtype, body)
+    if rtype == RecordType.LINK:
+        return Link.unpack(body)
+    if rtype == RecordType.SET_XATTR:
+        return SetXattr.unpack(body)
+    if rtype == RecordType.EXTENT:
+        return Extent.unpack(body)
+    if rtype == RecordType.END:
+        return End.unpack(body)
+    if rtype == RecordType.HEADER:
+        return Header.unpack(body)
+    raise MalformedRecord(f"unknown record type {rtype}")
