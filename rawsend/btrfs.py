@@ -29,7 +29,7 @@ _ioctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p]
 _ioctl.restype = ctypes.c_int
 
 
-def _check_ioctl(ret: int, what: str) -> int:
+def _check_call(ret: int, what: str) -> int:
     """Turn a failed libc call (-1) into an OSError carrying the real errno."""
     if ret < 0:
         err = ctypes.get_errno()
@@ -220,7 +220,7 @@ def _encoded_read_once(fd: int, offset: int, buf) -> tuple[int, EncodedIoArgs]:
         args.iovcnt = 1
         args.offset = offset
         ret = _ioctl(fd, BTRFS_IOC_ENCODED_READ, ctypes.addressof(args))
-        _check_ioctl(ret, f"BTRFS_IOC_ENCODED_READ at offset {offset}")
+        _check_call(ret, f"BTRFS_IOC_ENCODED_READ at offset {offset}")
         return ret, args
     finally:
         # Release the buffer export so the caller may resize a bytearray.
@@ -311,7 +311,7 @@ def encoded_write(
         args.compression = compression
         args.encryption = ENCRYPTION_NONE
         ret = _ioctl(fd, BTRFS_IOC_ENCODED_WRITE, ctypes.addressof(args))
-        return _check_ioctl(ret, f"BTRFS_IOC_ENCODED_WRITE at offset {offset}")
+        return _check_call(ret, f"BTRFS_IOC_ENCODED_WRITE at offset {offset}")
     finally:
         del cbuf
         view.release()
@@ -480,7 +480,7 @@ def fiemap(fd: int, start: int = 0, length: int | None = None, *, flags: int = 0
         req.hdr.fm_length = end - pos
         req.hdr.fm_flags = flags
         req.hdr.fm_extent_count = FIEMAP_BATCH
-        _check_ioctl(_ioctl(fd, FS_IOC_FIEMAP, ctypes.addressof(req)), "FS_IOC_FIEMAP")
+        _check_call(_ioctl(fd, FS_IOC_FIEMAP, ctypes.addressof(req)), "FS_IOC_FIEMAP")
         mapped = req.hdr.fm_mapped_extents
         if mapped == 0:
             break
@@ -536,9 +536,9 @@ def statfs(fd_or_path) -> Statfs:
     """statfs(2)/fstatfs(2): an int is a file descriptor, anything else a path."""
     buf = Statfs()
     if isinstance(fd_or_path, int):
-        _check_ioctl(_libc.fstatfs(fd_or_path, ctypes.byref(buf)), "fstatfs")
+        _check_call(_libc.fstatfs(fd_or_path, ctypes.byref(buf)), "fstatfs")
     else:
-        _check_ioctl(_libc.statfs(os.fsencode(fd_or_path), ctypes.byref(buf)), f"statfs {fd_or_path}")
+        _check_call(_libc.statfs(os.fsencode(fd_or_path), ctypes.byref(buf)), f"statfs {fd_or_path}")
     return buf
 
 
@@ -565,7 +565,7 @@ if _64BIT:
 
 def inode_flags(fd: int) -> int:
     flags = ctypes.c_uint(0)
-    _check_ioctl(_ioctl(fd, FS_IOC_GETFLAGS, ctypes.addressof(flags)), "FS_IOC_GETFLAGS")
+    _check_call(_ioctl(fd, FS_IOC_GETFLAGS, ctypes.addressof(flags)), "FS_IOC_GETFLAGS")
     return flags.value
 
 

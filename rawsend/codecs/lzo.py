@@ -29,6 +29,7 @@ _U32 = struct.Struct("<I")
 LZO_LEN = _U32.size  # every length field is a 4-byte little-endian u32
 
 MAX_ENCODED = 128 * 1024  # BTRFS_MAX_COMPRESSED: the kernel rejects longer frames
+MAX_UNENCODED = 128 * 1024  # BTRFS_MAX_UNCOMPRESSED: file bytes in one extent
 
 try:
     import lzo as _lzo
@@ -81,8 +82,10 @@ def decode_btrfs_lzo(payload, unencoded_len: int, sector_size: int) -> bytes:
     size = len(payload)
     if sector_size <= 0 or sector_size & (sector_size - 1):
         raise ValueError(f"sector size {sector_size} is not a power of two")
-    if unencoded_len < 0:
-        raise ValueError(f"negative unencoded_len {unencoded_len}")
+    if not 0 <= unencoded_len <= MAX_UNENCODED:
+        # btrfs never makes a compressed extent longer than 128 KiB; the
+        # check also keeps a hostile length from sizing the output buffer.
+        raise ValueError(f"unencoded_len {unencoded_len} outside 0..{MAX_UNENCODED}")
 
     if size < LZO_LEN:
         raise LzoFramingError(f"payload of {size} bytes is too short for the 4-byte total length at offset 0")
@@ -105,8 +108,8 @@ def decode_btrfs_lzo(payload, unencoded_len: int, sector_size: int) -> bytes:
     out = bytearray()
     pos = LZO_LEN
     while pos < total_len and len(out) < unencoded_len:
-        if pos // sector_size != (pos + LZO_LEN - 1) // sector_size:
-            raise LzoFramingError(f"segment header at offset {pos} straddles a sector boundary")
+        # (A header cannot straddle a sector here: the padding skip at the
+        # end of this loop always leaves at least 4 bytes in the sector.)
         if pos + LZO_LEN > total_len:
             raise LzoFramingError(f"segment header at offset {pos} runs past total length {total_len}")
         seg_len = _U32.unpack_from(payload, pos)[0]
