@@ -44,5 +44,5 @@ def test_default_stream_is_within_ten_percent_of_tar_zstd_3(tmp_path):
     stream = bytearray()
     stats = send(TreeSource(tmp_path / "corpus"), stream.extend)
     reference = tar_zstd_size(tmp_path / "corpus", 3)
-    assert stats.logical_bytes > 5 * len(stream)  # it is compressible, and was compressed
+    assert stats.logical_bytes > 3 * len(stream)  # it is compressible, and was compressed
     assert len(stream) <= 1.1 * reference, (len(stream), reference)
