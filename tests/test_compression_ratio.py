@@ -20,13 +20,13 @@ def make_corpus(root: Path) -> None:
     """Logs and many small source-like files, seeded: both kinds people back up."""
     rng = random.Random(1)
     (root / "logs").mkdir(parents=True)
-    for n in range(2):
+    for n in range(3):
         lines = [f"2026-11-{n + 1:02d}T{i % 24:02d}:{i % 60:02d}:{i * 7 % 60:02d} host{rng.randint(1, 9)} "
                  f"app[{rng.randint(100, 999)}]: {' '.join(rng.choice(WORDS) for _ in range(rng.randint(3, 12)))}"
-                 f" id={rng.randint(0, 10**6)}\n" for i in range(25000)]
+                 f" id={rng.randint(0, 10**6)}\n" for i in range(40000)]
         (root / "logs" / f"app{n}.log").write_text("".join(lines))
     (root / "src").mkdir()
-    for n in range(200):
+    for n in range(300):
         body = "".join(f"def {rng.choice(WORDS)}_{i}(x):\n    return x * {rng.randint(1, 100)} + "
                        f"{rng.choice(WORDS)!r}\n\n" for i in range(rng.randint(5, 150)))
         (root / "src" / f"mod{n}.py").write_text(body)
