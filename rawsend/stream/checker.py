@@ -102,7 +102,7 @@ class StreamChecker:
         self.extent_end = end
 
     def _xattr(self, rec: SetXattr, index: int) -> None:
-        if rec.file_id != self.current:
+        if not self.current or rec.file_id != self.current:  # id 0: no file is current
             raise RecordOrderError(f"xattr for file id {rec.file_id}, but the current file is"
                                    f" {self.current or 'none'}", record=index)
         self.xattr_count += 1
