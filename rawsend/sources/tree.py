@@ -40,6 +40,7 @@ class SourceReport:
     specials: int = 0
     logical_bytes: int = 0
     warnings: list[str] = field(default_factory=list)
+    notices: list[str] = field(default_factory=list)  # worth saying, but not a failure (exit 0)
 
     def warn(self, text: str) -> None:
         self.warnings.append(text)
@@ -183,21 +184,27 @@ class TreeSource:
                 if e.errno != errno.EINVAL:
                     raise SourceError(f"seek failed: {e.strerror}", path=path) from None
                 start, end = pos, size  # filesystem without SEEK_DATA: all data
-            while start < end:
-                n = min(CHUNK, end - start)
-                try:
-                    data = os.pread(fd, n, start)
-                except OSError as e:
-                    self.report.warn(f"{path}: read error at {start}: {e.strerror}")
-                    return
-                if len(data) < n:
-                    self.report.warn(f"{path}: file shrank while we read it")
-                    if data:
-                        yield DataChunk(file_id, start, data)
-                    return
-                yield DataChunk(file_id, start, data)
-                start += n
+            if not (yield from self._read_range(fd, file_id, start, end, path)):
+                return
             pos = end
+
+    def _read_range(self, fd: int, file_id: int, start: int, end: int, path: str):
+        """Yield [start, end) as DataChunks; return False when the file cannot be read further."""
+        while start < end:
+            n = min(CHUNK, end - start)
+            try:
+                data = os.pread(fd, n, start)
+            except OSError as e:
+                self.report.warn(f"{path}: read error at {start}: {e.strerror}")
+                return False
+            if len(data) < n:
+                self.report.warn(f"{path}: file shrank while we read it")
+                if data:
+                    yield DataChunk(file_id, start, data)
+                return False
+            yield DataChunk(file_id, start, data)
+            start += n
+        return True
 
     def _xattrs(self, file_id: int, fd: int | None, path: str) -> Iterator[SetXattr]:
         target = fd if fd is not None else path
