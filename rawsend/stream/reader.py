@@ -123,6 +123,9 @@ class StreamReader:
         if payload_len > MAX_PAYLOAD_LEN:
             raise LimitExceeded(f"payload length {payload_len} over the cap {MAX_PAYLOAD_LEN}",
                                 record=index, offset=start)
+        if payload_len and rtype in RecordType.NAMES and rtype != RecordType.EXTENT:
+            raise MalformedRecord(f"a {RecordType.NAMES[rtype]} record with a payload", record=index,
+                                  offset=start)
         body = self._read_exact(body_len, "record body", index)
         payload = self._read_payload(payload_len, index) if payload_len else memoryview(b"")
         got = crc32c(body, crc32c(header[:CRC_COVERED]))
