@@ -1,0 +1,604 @@
+"""rawsend against its peers, side by side, on one deterministic corpus.
+
+Every case is a pipeline of real processes connected by ordinary pipes, as a
+shell would run it.  For each run we record:
+
+    wall   pipeline start -> last process exit, plus syncfs of the destination
+           for cases that write files (so no case hides its writeback)
+    cpu    user + sys of every process of the pipeline (os.wait4 rusage)
+    rss    peak resident set of the largest process (ru_maxrss)
+
+Each case runs --reps times (rounds interleave the cases, so a noisy moment
+of the machine hits them all alike) and the median is reported.  The caches
+are warm unless --cold (root only) drops them before each run.
+
+    python bench/run.py [--scale S] [--reps N] [--only NAME,...] [--cold] [--no-btrfs]
+
+The table goes to stdout and, with the machine description, to bench/results.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import corpus  # noqa: E402  (bench/ is not a package)
+
+BENCH = Path(__file__).resolve().parent
+REPO = BENCH.parent
+WORK = corpus.WORK
+MiB = 1 << 20
+PASSPHRASE = "pass:x"  # the peers' openssl key: the cost of the cipher, not the secret
+TIME = "/usr/bin/time"   # GNU time: peak RSS of each stage
+
+
+# -- measuring one pipeline ---------------------------------------------------------------------
+
+@dataclass
+class Sample:
+    wall: float
+    cpu: float
+    rss_kib: int
+
+
+class PipelineFailed(Exception):
+    pass
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def syncfs(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        if _libc.syncfs(fd) != 0:
+            raise OSError(ctypes.get_errno(), "syncfs failed", str(path))
+    finally:
+        os.close(fd)
+
+
+def run_pipeline(stages: list[list[str]], stdout: str | None, sync: Path | None) -> Sample:
+    """Run ``stages`` connected by pipes; the last writes to ``stdout`` (a path) or is discarded.
+
+    Each stage runs under GNU time, which reports its peak RSS: a child
+    forked straight from this Python process would inherit our own peak in
+    ru_maxrss (Linux folds the pre-exec memory into it), time's is ~2 MiB.
+    """
+    procs, errs, rss_files = [], [], []
+    out = open(stdout, "wb") if stdout else subprocess.DEVNULL
+    start = time.perf_counter()
+    try:
+        prev = None
+        for i, argv in enumerate(stages):
+            last = i == len(stages) - 1
+            err = tempfile.TemporaryFile()
+            rss_file = tempfile.NamedTemporaryFile("r", prefix="rss-")
+            p = subprocess.Popen([TIME, "-f", "%M", "-o", rss_file.name, "--", *argv],
+                                 stdin=prev.stdout if prev else subprocess.DEVNULL,
+                                 stdout=out if last else subprocess.PIPE, stderr=err)
+            if prev is not None:
+                prev.stdout.close()  # only the next stage holds the read end
+            procs.append(p)
+            errs.append(err)
+            rss_files.append(rss_file)
+            prev = p
+        cpu, failed = 0.0, []
+        for p, argv, err in zip(procs, stages, errs):
+            _, status, ru = os.wait4(p.pid, 0)
+            p.returncode = os.waitstatus_to_exitcode(status)
+            cpu += ru.ru_utime + ru.ru_stime  # time's own share is about a millisecond
+            if p.returncode != 0:
+                err.seek(0)
+                failed.append(f"{' '.join(argv)} exited {p.returncode}: "
+                              f"{err.read().decode(errors='replace').strip()[-800:]}")
+        if sync is not None:
+            syncfs(sync)
+        wall = time.perf_counter() - start
+        rss = max(int(f.read().split()[-1]) for f in rss_files) if not failed else 0
+    finally:
+        if stdout:
+            out.close()
+        for f in errs + rss_files:
+            f.close()
+        for p in procs:
+            if p.returncode is None:
+                p.kill()
+                p.wait()
+    if failed:
+        raise PipelineFailed("; ".join(failed))
+    return Sample(wall, cpu, rss)
+
+
+# -- cases -------------------------------------------------------------------------------------
+
+@dataclass
+class Case:
+    name: str
+    group: str
+    title: str                              # the command, as a reader would type it
+    stages: list[list[str]] = field(default_factory=list)
+    logical: int = 0                        # logical bytes the case moves
+    files: int = 0                          # regular files it moves (for files/s), 0: not shown
+    stdout: str | None = None               # where the last stage writes
+    dest: Path | None = None                # cleared before each run; its filesystem synced after
+    sync: Path | None = None                # what to syncfs, when not dest's parent
+    peer: str | None = None                 # the case this one is compared with
+    rawsend: bool = False
+    skip: str | None = None                 # why it does not run
+    before: Callable[[], None] | None = None
+    after: Callable[[], None] | None = None
+    samples: list[Sample] = field(default_factory=list)
+    error: str | None = None
+
+    def sync_path(self) -> Path | None:
+        if self.sync is not None:
+            return self.sync
+        return self.dest.parent if self.dest is not None else None
+
+    def median(self) -> dict | None:
+        if not self.samples:
+            return None
+        wall = statistics.median(s.wall for s in self.samples)
+        return dict(wall_s=wall, cpu_s=statistics.median(s.cpu for s in self.samples),
+                    rss_mib=max(s.rss_kib for s in self.samples) / 1024,
+                    mb_s=self.logical / 1e6 / wall if self.logical else None,
+                    files_s=self.files / wall if self.files else None,
+                    walls=[round(s.wall, 3) for s in self.samples])
+
+
+def _rm(path: Path) -> None:
+    if path.is_symlink() or path.exists():
+        subprocess.run(["rm", "-rf", "--one-file-system", str(path)], check=True)
+
+
+def _tiny_tree(root: Path) -> Path:
+    src = root / "tiny-src"
+    if not src.exists():
+        (src / "d").mkdir(parents=True)
+        (src / "d" / "a.txt").write_bytes(b"hello rawsend\n" * 1000)
+    return src
+
+
+def _probe(cmd: str, what: str) -> str | None:
+    """Run a small shell pipeline; None when it works, else why it does not."""
+    p = subprocess.run(["bash", "-o", "pipefail", "-c", cmd], capture_output=True, text=True)
+    if p.returncode == 0:
+        return None
+    text = (p.stderr or p.stdout).strip().splitlines()
+    return f"{what} does not work yet: {text[-1] if text else f'exit {p.returncode}'}"
+
+
+def probe_encrypt(rawsend: str, tmp: Path) -> tuple[str | None, Path]:
+    key = tmp / "bench.key"
+    if not (REPO / "rawsend" / "codecs" / "crypto.py").exists():
+        return "encryption is not built yet (rawsend/codecs/crypto.py is missing)", key
+    src = _tiny_tree(tmp)
+    _rm(key)
+    _rm(tmp / "probe-enc")
+    why = _probe(f"{rawsend} keygen -o {key} && {rawsend} send --encrypt {key} {src} | "
+                 f"{rawsend} receive --key-file {key} {tmp}/probe-enc && cmp {src}/d/a.txt {tmp}/probe-enc/d/a.txt",
+                 "send --encrypt | receive --key-file")
+    _rm(tmp / "probe-enc")
+    return why, key
+
+
+def probe_store(rawsend: str, tmp: Path) -> str | None:
+    src = _tiny_tree(tmp)
+    help_text = subprocess.run([rawsend, "receive", "--help"], capture_output=True, text=True).stdout
+    if "--store" not in help_text:
+        return "the store is not built yet (receive has no --store)"
+    for p in ("probe-store", "probe-out"):
+        _rm(tmp / p)
+    why = _probe(f"{rawsend} send {src} | {rawsend} receive --store {tmp}/probe-store && "
+                 f"{rawsend} send {tmp}/probe-store | {rawsend} receive {tmp}/probe-out && "
+                 f"cmp {src}/d/a.txt {tmp}/probe-out/d/a.txt", "send | receive --store; send STORE")
+    for p in ("probe-store", "probe-out"):
+        _rm(tmp / p)
+    return why
+
+
+def ensure_tools() -> None:
+    """zstd and openssl for the peers; installed with apt-get when missing and we are root."""
+    missing = [t for t in ("zstd", "openssl", "tar") if shutil.which(t) is None]
+    if not os.access(TIME, os.X_OK):
+        missing.append("time")
+    if missing and os.geteuid() == 0 and shutil.which("apt-get"):
+        print(f"installing {' '.join(missing)} with apt-get", file=sys.stderr)
+        subprocess.run(["apt-get", "update", "-qq"], check=False)
+        subprocess.run(["apt-get", "install", "-y", "-qq", *missing], check=False)
+
+
+def tree_cases(rawsend: str, src: Path, m: dict, small: Path, ms: dict, huge: Path, mh: dict,
+               stream: Path, tmp: Path, enc_skip: str | None, key: Path, store_skip: str | None) -> list[Case]:
+    dst = tmp / "dst"
+    store = tmp / "store"
+    L, F = m["logical_bytes"], m["files"]
+    no_tool = {t: f"{t} is not installed" for t in ("zstd", "openssl") if shutil.which(t) is None}
+    peer_tool_skip = no_tool.get("zstd") or no_tool.get("openssl")
+    zstd_enc = [["zstd", "-q", "-1", "-T2"], ["openssl", "enc", "-aes-256-ctr", "-pbkdf2", "-pass", PASSPHRASE]]
+    unenc_unzstd = [["openssl", "enc", "-d", "-aes-256-ctr", "-pbkdf2", "-pass", PASSPHRASE], ["zstd", "-q", "-d"]]
+
+    def mkdst() -> None:
+        dst.mkdir()
+
+    cases = [
+        # the pipe limit: the same stream, moved by cat
+        Case("cat-file", "pipe", "cat STREAM | cat > FILE", [["cat", str(stream)], ["cat"]], L,
+             stdout=str(tmp / "dst-file"), dest=tmp / "dst-file"),
+        Case("cat-null", "pipe", "cat STREAM | cat > /dev/null", [["cat", str(stream)], ["cat"]], L),
+        # whole tree into a directory
+        Case("rs-zstd", "tree", "rawsend send | rawsend receive DIR", [[rawsend, "send", str(src)],
+             [rawsend, "receive", str(dst)]], L, F, dest=dst, peer="tar-tar", rawsend=True),
+        Case("rs-lz4", "tree", "rawsend send --compress lz4 | rawsend receive DIR",
+             [[rawsend, "send", "--compress", "lz4", str(src)], [rawsend, "receive", str(dst)]], L, F,
+             dest=dst, peer="tar-tar", rawsend=True),
+        Case("rs-recv", "tree", "cat STREAM | rawsend receive DIR", [["cat", str(stream)],
+             [rawsend, "receive", str(dst)]], L, F, dest=dst, peer="tar-tar", rawsend=True),
+        Case("rs-send", "tree", "rawsend send > /dev/null", [[rawsend, "send", str(src)]], L, F,
+             rawsend=True),
+        Case("tar-tar", "tree", "tar -c | tar -x", [["tar", "-C", str(src), "-cf", "-", "."],
+             ["tar", "-C", str(dst), "-xf", "-"]], L, F, dest=dst, before=mkdst),
+        # encrypted
+        Case("rs-enc-send", "encrypted", "rawsend send --encrypt --level 1 > /dev/null",
+             [[rawsend, "send", "--encrypt", str(key), "--level", "1", str(src)]], L, F,
+             peer="tar-zstd-enc", rawsend=True, skip=enc_skip),
+        Case("tar-zstd-enc", "encrypted", "tar -c | zstd -1 -T2 | openssl enc > /dev/null",
+             [["tar", "-C", str(src), "-cf", "-", "."], *zstd_enc], L, F, skip=peer_tool_skip),
+        Case("rs-enc", "encrypted", "rawsend send --encrypt --level 1 | rawsend receive --key-file DIR",
+             [[rawsend, "send", "--encrypt", str(key), "--level", "1", str(src)],
+              [rawsend, "receive", "--key-file", str(key), str(dst)]], L, F, dest=dst,
+             peer="tar-zstd-enc-rt", rawsend=True, skip=enc_skip),
+        Case("tar-zstd-enc-rt", "encrypted", "tar -c | zstd | openssl enc | openssl enc -d | zstd -d | tar -x",
+             [["tar", "-C", str(src), "-cf", "-", "."], *zstd_enc, *unenc_unzstd,
+              ["tar", "-C", str(dst), "-xf", "-"]], L, F, dest=dst, before=mkdst, skip=peer_tool_skip),
+        # store (a relay: keeps payloads verbatim)
+        Case("rs-store", "store", "rawsend send | rawsend receive --store", [[rawsend, "send", str(src)],
+             [rawsend, "receive", "--store", str(store)]], L, F, dest=store, peer="cat-file",
+             rawsend=True, skip=store_skip),
+        Case("rs-store-recv", "store", "cat STREAM | rawsend receive --store", [["cat", str(stream)],
+             [rawsend, "receive", "--store", str(store)]], L, F, dest=store, peer="cat-file",
+             rawsend=True, skip=store_skip),
+        Case("rs-store-send", "store", "rawsend send STORE > /dev/null", [[rawsend, "send", str(store)]], L, F,
+             peer="cat-null", rawsend=True, skip=store_skip,
+             before=None if store_skip else (lambda: _fill_store(rawsend, stream, store))),
+        # many small files
+        Case("rs-small", "small files", f"rawsend send | rawsend receive DIR ({ms['files']} files)",
+             [[rawsend, "send", str(small)], [rawsend, "receive", str(dst)]], ms["logical_bytes"], ms["files"],
+             dest=dst, peer="tar-small", rawsend=True),
+        Case("tar-small", "small files", f"tar -c | tar -x ({ms['files']} files)",
+             [["tar", "-C", str(small), "-cf", "-", "."], ["tar", "-C", str(dst), "-xf", "-"]],
+             ms["logical_bytes"], ms["files"], dest=dst, before=mkdst),
+        # bounded memory: one multi-GiB sparse file with data spread over it
+        Case("rs-huge", "memory", f"rawsend send | rawsend receive DIR (one {mh['logical_bytes'] / 2**30:.0f} GiB "
+             f"sparse file, {mh['data_bytes'] / 2**20:.0f} MiB data)",
+             [[rawsend, "send", str(huge)], [rawsend, "receive", str(dst)]], mh["logical_bytes"], 1,
+             dest=dst, peer="rs-zstd", rawsend=True),
+    ]
+    return cases
+
+
+def _fill_store(rawsend: str, stream: Path, store: Path) -> None:
+    if not store.exists():
+        with open(stream, "rb") as f:
+            subprocess.run([rawsend, "receive", "--store", str(store)], stdin=f, check=True,
+                           stderr=subprocess.DEVNULL)
+
+
+# -- btrfs loop images ---------------------------------------------------------------------------
+
+def btrfs_unavailable() -> str | None:
+    if os.geteuid() != 0:
+        return "not root (loop mounts need root)"
+    for tool in ("mkfs.btrfs", "btrfs", "losetup"):
+        if shutil.which(tool) is None:
+            return f"{tool} is not installed (apt-get install btrfs-progs)"
+    return None
+
+
+class LoopBtrfs:
+    """A sparse image on a loop device (direct I/O: no second page-cache copy), btrfs, mounted."""
+
+    def __init__(self, img: Path, size: int, options: str):
+        self.img, self.size, self.options = img, size, options
+        self.mnt = img.with_suffix(".mnt")
+        self.dev: str | None = None
+
+    def __enter__(self) -> Path:
+        self._clean()
+        with open(self.img, "wb") as f:
+            f.truncate(self.size)
+        subprocess.run(["mkfs.btrfs", "-q", "-f", str(self.img)], check=True)
+        self.dev = subprocess.run(["losetup", "--find", "--show", "--direct-io=on", str(self.img)],
+                                  check=True, capture_output=True, text=True).stdout.strip()
+        self.mnt.mkdir(exist_ok=True)
+        subprocess.run(["mount", "-o", self.options, self.dev, str(self.mnt)], check=True)
+        return self.mnt
+
+    def __exit__(self, *exc) -> None:
+        if self.dev is not None:
+            subprocess.run(["umount", str(self.mnt)], check=False)
+            subprocess.run(["losetup", "-d", self.dev], check=False)
+            self.dev = None
+        self._clean()
+
+    def _clean(self) -> None:
+        if self.mnt.exists() and os.path.ismount(self.mnt):
+            subprocess.run(["umount", "-l", str(self.mnt)], check=False)
+        if self.mnt.exists():
+            self.mnt.rmdir()
+        self.img.unlink(missing_ok=True)
+
+
+def btrfs_cases(rawsend: str, snap: Path, dst: Path, m: dict, native: bool) -> list[Case]:
+    L, F = m["logical_bytes"], m["files"]
+    how = "ENCODED_READ/ENCODED_WRITE" if native else "read and written as plain files"
+
+    def drop_received() -> None:
+        if (dst / "snap").exists():
+            subprocess.run(["btrfs", "-q", "subvolume", "delete", "-c", str(dst / "snap")], check=True)
+        _rm(dst / "rs")
+
+    return [
+        Case("bt-rs", "btrfs", f"rawsend send SNAP | rawsend receive DIR ({how})",
+             [[rawsend, "send", str(snap)], [rawsend, "receive", str(dst / "rs")]], L, F, sync=dst,
+             peer="bt-send", rawsend=True, before=drop_received, after=drop_received),
+        Case("bt-send", "btrfs", "btrfs send --proto 2 --compressed-data SNAP | btrfs receive",
+             [["btrfs", "-q", "send", "--proto", "2", "--compressed-data", str(snap)],
+              ["btrfs", "-q", "receive", str(dst)]], L, F, sync=dst, before=drop_received, after=drop_received),
+        Case("bt-rs-send", "btrfs", f"rawsend send SNAP > /dev/null ({how})", [[rawsend, "send", str(snap)]],
+             L, F, peer="bt-send-null", rawsend=True),
+        Case("bt-send-null", "btrfs", "btrfs send --proto 2 --compressed-data SNAP > /dev/null",
+             [["btrfs", "-q", "send", "--proto", "2", "--compressed-data", str(snap)]], L, F),
+    ]
+
+
+# -- running and reporting ---------------------------------------------------------------------
+
+def drop_caches() -> None:
+    os.sync()
+    Path("/proc/sys/vm/drop_caches").write_text("3\n")
+
+
+def run_case(case: Case, cold: bool) -> None:
+    if case.dest is not None and case.group != "btrfs":
+        _rm(case.dest)
+    if case.before:
+        case.before()
+    if cold:
+        drop_caches()
+    try:
+        case.samples.append(run_pipeline(case.stages, case.stdout, case.sync_path()))
+    except PipelineFailed as e:
+        case.error = str(e)
+    finally:
+        if case.after:
+            case.after()
+        if case.dest is not None and case.group != "btrfs":
+            _rm(case.dest)
+
+
+def machine() -> dict:
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    fs = subprocess.run(["findmnt", "-n", "-o", "FSTYPE,SOURCE", "-T", str(WORK)], capture_output=True,
+                        text=True).stdout.strip()
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return dict(cores=os.cpu_count(), cpu=cpu, kernel=platform.release(), memory_gib=round(mem / 2**30, 1),
+                filesystem=fs, python=platform.python_version(),
+                date=time.strftime("%Y-%m-%d %H:%M", time.localtime()))
+
+
+def _fmt(v, spec: str) -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def ratios(case: Case, by_name: dict[str, Case]) -> dict | None:
+    peer = by_name.get(case.peer) if case.peer else None
+    a, b = case.median(), peer.median() if peer else None
+    if not a or not b:
+        return None
+    return dict(peer=peer.name, speed=b["wall_s"] / a["wall_s"], cpu=a["cpu_s"] / b["cpu_s"] if b["cpu_s"] else None,
+                rss=a["rss_mib"] / b["rss_mib"] if b["rss_mib"] else None)
+
+
+def targets(by_name: dict[str, Case], peak_rss: float | None) -> list[dict]:
+    def speed(a: str, b: str):
+        ca, cb = by_name.get(a), by_name.get(b)
+        ma, mb = (ca.median() if ca else None), (cb.median() if cb else None)
+        if not ma or not mb:
+            why = next((c.skip or c.error for c in (ca, cb) if c and (c.skip or c.error)), "not run")
+            return None, why
+        return mb["wall_s"] / ma["wall_s"], None
+
+    out = []
+
+    def add(what: str, value, goal: float, why: str | None, unit: str = "x", higher_is_better: bool = True):
+        met = None if value is None else (value >= goal if higher_is_better else value <= goal)
+        out.append(dict(target=what, value=None if value is None else round(value, 3), goal=goal, unit=unit,
+                        met=met, note=why))
+
+    v, why = speed("rs-store-recv", "cat-file")
+    add("receive --store >= 0.8 x cat to a file (cat STREAM | receive --store vs cat | cat > FILE)", v, 0.8, why)
+    v, why = speed("bt-rs", "bt-send")
+    add("btrfs->btrfs wall <= 0.8 x btrfs send|receive (rawsend wall / btrfs wall)",
+        None if v is None else 1 / v, 0.8, why, higher_is_better=False)
+    v, why = speed("rs-enc-send", "tar-zstd-enc")
+    add("send --encrypt (zstd 1, AES-256-GCM) >= 1.0 x tar | zstd -1 -T2 | openssl", v, 1.0, why)
+    v, why = speed("rs-small", "tar-small")
+    add("small files send|receive >= 1.0 x tar -c | tar -x (files/s)", v, 1.0, why)
+    add("peak RSS of every rawsend process <= 256 MiB", peak_rss, 256, None if peak_rss else "not run",
+        unit="MiB", higher_is_better=False)
+    return out
+
+
+def report(cases: list[Case], info: dict, args) -> dict:
+    by_name = {c.name: c for c in cases}
+    rows = []
+    print(f"\nrawsend bench: scale {args.scale:g}, {args.reps} runs each, median; "
+          f"{'cold' if args.cold else 'warm'} caches")
+    print(f"machine: {info['cores']} cores, {info['cpu']}, Linux {info['kernel']}, "
+          f"{info['memory_gib']} GiB RAM, work dir on {info['filesystem']}; Python {info['python']}\n")
+    head = f"{'case':<16} {'wall s':>7} {'MB/s':>7} {'files/s':>8} {'CPU s':>6} {'RSS MiB':>7}  {'vs peer':<28} command"
+    print(head)
+    print("-" * len(head))
+    group = None
+    peak_rss = None
+    for c in cases:
+        if c.group != group:
+            group = c.group
+            print(f"[{group}]")
+        med = c.median()
+        r = ratios(c, by_name)
+        row = dict(name=c.name, group=c.group, command=c.title, logical_bytes=c.logical, files=c.files,
+                   skipped=c.skip, error=c.error, **(med or {}), vs_peer=r)
+        rows.append(row)
+        if c.skip or c.error or not med:
+            print(f"{c.name:<16} {'skipped: ' + (c.skip or '') if c.skip else 'FAILED: ' + (c.error or 'no runs')}")
+            continue
+        if c.rawsend:
+            peak_rss = max(peak_rss or 0, med["rss_mib"])
+        vs = ""
+        if r:
+            vs = f"{r['speed']:.2f}x speed, {r['rss']:.1f}x RSS" if c.name == "rs-huge" else \
+                f"{r['speed']:.2f}x speed, {_fmt(r['cpu'], '.2f')}x CPU"
+            vs += f" ({r['peer']})" if len(vs) < 22 else ""
+        print(f"{c.name:<16} {med['wall_s']:7.2f} {_fmt(med['mb_s'], '7.0f')} {_fmt(med['files_s'], '8.0f')} "
+              f"{med['cpu_s']:6.2f} {med['rss_mib']:7.1f}  {vs:<28} {c.title}")
+    tg = targets(by_name, peak_rss)
+    print("\ntargets:")
+    for t in tg:
+        state = "skipped" if t["met"] is None else ("MET" if t["met"] else "NOT MET")
+        value = "-" if t["value"] is None else f"{t['value']:.2f} {t['unit']}"
+        print(f"  {state:<8} {value:>12}  {t['target']}" + (f"  ({t['note']})" if t["note"] else ""))
+    print("\n'vs peer': speed = peer wall / rawsend wall (above 1: rawsend is faster); "
+          "CPU = rawsend CPU / peer CPU.")
+    return dict(scale=args.scale, reps=args.reps, caches="cold" if args.cold else "warm", machine=info,
+                cases=rows, targets=tg)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--scale", type=float, default=corpus.default_scale(),
+                    help="corpus size factor; 1.0 is about 1 GiB (default: RAWSEND_BENCH_SCALE or 1.0)")
+    ap.add_argument("--reps", type=int, default=3, help="runs per case; the median is reported")
+    ap.add_argument("--only", default="", help="comma-separated case names (and their peers) to run")
+    ap.add_argument("--cold", action="store_true", help="drop the page cache before every run (root)")
+    ap.add_argument("--no-btrfs", action="store_true", help="skip the loop-mounted btrfs cases")
+    ap.add_argument("--json", type=Path, default=BENCH / "results.json")
+    args = ap.parse_args(argv)
+    if args.cold and os.geteuid() != 0:
+        ap.error("--cold needs root (it writes /proc/sys/vm/drop_caches)")
+
+    rawsend = shutil.which("rawsend")
+    if rawsend is None:
+        print("rawsend is not on PATH (make bench puts the venv's first)", file=sys.stderr)
+        return 2
+    ensure_tools()
+    if not os.access(TIME, os.X_OK):
+        print(f"{TIME} (GNU time) is missing: apt-get install time", file=sys.stderr)
+        return 2
+    info = machine()
+    info["rawsend"] = rawsend
+    src, m = corpus.ensure("main", args.scale)
+    huge, mh = corpus.ensure("huge", args.scale)
+    m, mh = corpus.measure(src), corpus.measure(huge)
+    small = src / "small"
+    ms = corpus.measure(small)
+    tmp = WORK / f"run-s{args.scale:g}"
+    _rm(tmp)
+    tmp.mkdir(parents=True)
+    stream = tmp / "stream.rs"
+    subprocess.run([rawsend, "send", "-o", str(stream), str(src)], check=True, stderr=subprocess.DEVNULL)
+    enc_skip, key = probe_encrypt(rawsend, tmp)
+    store_skip = probe_store(rawsend, tmp)
+
+    cases = tree_cases(rawsend, src, m, small, ms, huge, mh, stream, tmp, enc_skip, key, store_skip)
+    bt_skip = "--no-btrfs" if args.no_btrfs else btrfs_unavailable()
+    wanted = set(filter(None, args.only.split(",")))
+
+    def selected(all_cases: list[Case]) -> list[Case]:
+        if not wanted:
+            return all_cases
+        names = wanted | {c.peer for c in all_cases if c.name in wanted and c.peer}
+        return [c for c in all_cases if c.name in names]
+
+    cases = selected(cases)
+    started = time.monotonic()
+    with BtrfsPair(args.scale, src, bt_skip) as pair:
+        if pair.skip is None:
+            native = (REPO / "rawsend" / "sources" / "btrfs.py").exists()
+            cases += selected(btrfs_cases(rawsend, pair.snap, pair.dst, m, native))
+        else:
+            cases.append(Case("bt-rs", "btrfs", "rawsend vs btrfs send | btrfs receive", skip=pair.skip))
+        for rep in range(args.reps):
+            for c in cases:
+                if c.skip or c.error:
+                    continue
+                print(f"run {rep + 1}/{args.reps}: {c.name}", file=sys.stderr, flush=True)
+                run_case(c, args.cold)
+    info["bench_seconds"] = round(time.monotonic() - started, 1)
+    out = report(cases, info, args)
+    out["corpus"] = dict(main=m, small=ms, huge=mh, stream_bytes=stream.stat().st_size)
+    args.json.write_text(json.dumps(out, indent=1) + "\n")
+    print(f"\nwritten to {args.json}")
+    _rm(tmp)
+    return 0
+
+
+class BtrfsPair:
+    """Source btrfs (compress=zstd:1) holding the corpus in a read-only snapshot, and an empty destination."""
+
+    def __init__(self, scale: float, src: Path, skip: str | None):
+        self.skip, self.src = skip, src
+        self.dir = WORK / "btrfs"
+        size = max(1 << 30, int(3 * scale * (1 << 30)) + (512 << 20))
+        self._src = LoopBtrfs(self.dir / "src.img", size, "compress=zstd:1")
+        self._dst = LoopBtrfs(self.dir / "dst.img", size, "compress=no")
+        self.snap = self.dst = None
+
+    def __enter__(self) -> "BtrfsPair":
+        if self.skip:
+            print(f"btrfs cases skipped: {self.skip}", file=sys.stderr)
+            return self
+        self.dir.mkdir(parents=True, exist_ok=True)
+        try:
+            mnt = self._src.__enter__()
+            print("copying the corpus into a compressed btrfs ...", file=sys.stderr, flush=True)
+            subprocess.run(["btrfs", "-q", "subvolume", "create", str(mnt / "data")], check=True)
+            subprocess.run(["cp", "-a", f"{self.src}/.", str(mnt / "data")], check=True)
+            subprocess.run(["btrfs", "-q", "subvolume", "snapshot", "-r", str(mnt / "data"), str(mnt / "snap")],
+                           check=True)
+            os.sync()
+            self.snap = mnt / "snap"
+            self.dst = self._dst.__enter__()
+        except (subprocess.CalledProcessError, OSError) as e:
+            self.skip = f"cannot set up loop btrfs: {e}"
+            self.__exit__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._dst.__exit__()  # each side unmounts and detaches only once
+        self._src.__exit__()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
