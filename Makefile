@@ -10,6 +10,8 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test]'
+	@# optional: btrfs LZO decoding compiles against liblzo2; tests that need it skip without it
+	-$(BIN)/pip install --quiet -e '.[lzo]' 2>/dev/null || echo "python-lzo not installed (needs liblzo2-dev): LZO decode tests will skip"
 	touch $(STAMP)
 
 demo: $(STAMP)
