@@ -123,6 +123,9 @@ class StreamReader:
         if payload_len > MAX_PAYLOAD_LEN:
             raise LimitExceeded(f"payload length {payload_len} over the cap {MAX_PAYLOAD_LEN}",
                                 record=index, offset=start)
+        if payload_len and rtype != RecordType.EXTENT and rtype in RecordType.NAMES:
+            raise MalformedRecord(f"{RecordType.NAMES[rtype]} record with a payload of {payload_len} bytes;"
+                                  " only extents carry one", record=index, offset=start)
         if payload_len and rtype in RecordType.NAMES and rtype != RecordType.EXTENT:
             raise MalformedRecord(f"a {RecordType.NAMES[rtype]} record with a payload", record=index,
                                   offset=start)
