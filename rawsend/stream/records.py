@@ -35,6 +35,7 @@ MAX_TARGET_LEN = 4095        # symlink target (PATH_MAX - 1)
 MAX_XATTR_NAME_LEN = 255     # XATTR_NAME_MAX
 MAX_XATTR_VALUE_LEN = 65536  # XATTR_SIZE_MAX
 MAX_EXTENT_LEN = 128 * 1024  # unencoded_len and num_bytes, as btrfs
+MAX_FILE_SIZE = 2**63 - 1    # largest off_t: file sizes and extent ends
 AEAD_TAG_LEN = 16
 NONCE_LEN = 12
 MAX_BODY_LEN = 68 * 1024     # fits the largest xattr record, sealed
@@ -174,6 +175,8 @@ class Create:
             raise MalformedRecord("target given on a record that is not a symlink")
         if rtype == RecordType.MKDIR and size:
             raise MalformedRecord("mkdir with a nonzero size field")
+        if size > MAX_FILE_SIZE:  # off_t and dev_t are signed 64-bit to the kernel's callers
+            raise LimitExceeded(f"size or device number {size} over {MAX_FILE_SIZE}")
         name = bytes(body[CREATE_BODY.size:CREATE_BODY.size + name_len])
         target = bytes(body[CREATE_BODY.size + name_len:])
         if b"\0" in target:
@@ -306,9 +309,11 @@ class Extent:
         if not 0 < num_bytes <= unencoded_len - unencoded_offset:
             raise MalformedRecord(f"num_bytes {num_bytes} does not fit unencoded_len {unencoded_len}"
                                   f" at unencoded_offset {unencoded_offset}")
+        if not 0 < disk_num_bytes <= MAX_PAYLOAD_LEN:
+            raise LimitExceeded(f"disk_num_bytes {disk_num_bytes} not in 1..{MAX_PAYLOAD_LEN}")
         if compression == Compression.NONE and disk_num_bytes - (AEAD_TAG_LEN if encryption else 0) != unencoded_len:
             raise MalformedRecord("uncompressed extent whose payload length is not unencoded_len")
-        if offset + num_bytes > 2**63 - 1:
+        if offset + num_bytes > MAX_FILE_SIZE:
             raise LimitExceeded("extent ends beyond 2^63-1")
         return cls(file_id, offset, num_bytes, unencoded_len, unencoded_offset, disk_num_bytes,
                    compression, encryption, key_id, nonce)
