@@ -37,7 +37,8 @@ def _zstd_compressor(level: int) -> zstandard.ZstdCompressor:
 def _zstd_decompressor() -> zstandard.ZstdDecompressor:
     dctx = getattr(_local, "zd", None)
     if dctx is None:
-        dctx = _local.zd = zstandard.ZstdDecompressor()
+        # a frame asking for a larger window is refused before the decoder allocates it
+        dctx = _local.zd = zstandard.ZstdDecompressor(max_window_size=1 << ZSTD_WINDOW_LOG)
     return dctx
 
 
