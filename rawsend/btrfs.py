@@ -14,6 +14,7 @@ import ctypes
 import ctypes.util
 import errno
 import os
+import re
 from dataclasses import dataclass
 
 # --------------------------------------------------------------------------
@@ -379,6 +380,12 @@ def encoded_write_refusal(
     if unencoded_offset % sector_size:
         return f"unencoded_offset {unencoded_offset} not sector aligned"
     return None
+
+
+def refusal_kind(reason: str) -> str:
+    """A refusal reason without its numbers ("offset N not sector aligned"),
+    so refusals can be counted by kind."""
+    return re.sub(r"\d+", "N", reason)
 
 
 # --------------------------------------------------------------------------

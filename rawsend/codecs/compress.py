@@ -78,6 +78,10 @@ def decode(payload, compression: int, unencoded_len: int, sector_size: int = 409
         from rawsend.codecs import lzo
         try:
             out = lzo.decode_btrfs_lzo(payload, unencoded_len, 4096 << (compression - Compression.LZO_4K))
+        except lzo.LzoUnavailableError:
+            raise DecodeError("btrfs LZO extent, and the optional LZO support is not installed",
+                              hint="install it with: pip install 'rawsend[lzo]' (python-lzo, needs liblzo2-dev),"
+                                   " or receive on btrfs (verbatim) or with --store") from None
         except ValueError as e:
             raise DecodeError(f"lzo: {e}") from None
     else:

@@ -19,10 +19,14 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from rawsend import btrfs
+from rawsend.codecs.compress import decode
 from rawsend.errors import DestinationError, MalformedRecord, RawsendError
-from rawsend.stream.records import ROOT_ID, Create, Extent, Link, RecordType, SetXattr
+from rawsend.stream.records import ROOT_ID, Compression, Create, Extent, Link, RecordType, SetXattr
 
 DIR_FD_CACHE = 64
+# compressions btrfs stores as they are (zlib, zstd, LZO for each sector size)
+BTRFS_COMPRESSIONS = range(Compression.ZLIB, Compression.LZO_4K + 5)
 TEMP_MARK = ".rawsend-"
 
 
@@ -32,6 +36,14 @@ class TreeReport:
     skipped_xattrs: int = 0
     stripped_modes: int = 0
     warnings: list[str] = field(default_factory=list)
+    encoded_extents: int = 0   # compressed extents written verbatim (BTRFS_IOC_ENCODED_WRITE)
+    decoded_extents: int = 0   # compressed extents decoded and written with pwrite
+    decoded_reasons: dict[str, int] = field(default_factory=dict)  # why, by kind
+
+    def count_decoded(self, reason: str) -> None:
+        self.decoded_extents += 1
+        kind = btrfs.refusal_kind(reason)
+        self.decoded_reasons[kind] = self.decoded_reasons.get(kind, 0) + 1
 
 
 @dataclass(slots=True)
@@ -94,7 +106,7 @@ def clean_stale_temps(dest: Path) -> list[Path]:
 
 class TreeSink:
     def __init__(self, dest: str | Path, *, preserve_owner: bool | None = None,
-                 preserve_special: bool = False, sync: bool = True):
+                 preserve_special: bool = False, sync: bool = True, encoded_writes: bool = True):
         self.dest = Path(os.path.abspath(dest))
         self.root_user = os.geteuid() == 0
         self.preserve_owner = self.root_user if preserve_owner is None else preserve_owner
@@ -108,6 +120,11 @@ class TreeSink:
         self._cur_id = 0
         self._cur_fd = -1
         self._cur_rec: Create | None = None
+        # Why compressed extents cannot be written verbatim here at all (None: they can
+        # be tried), and the btrfs sector size they are checked against; set in begin().
+        self._no_encoded: str | None = None if encoded_writes else "decoding asked for (--no-raw)"
+        self._sector_size = 0
+        self._cur_nodatasum: bool | None = None  # known once the current file gets a compressed extent
 
     # -- set-up and tear-down ---------------------------------------------------------------
 
@@ -127,6 +144,13 @@ class TreeSink:
                                    path=str(self.temp)) from None
         fd = os.open(self.temp, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
         self._dir_fds[ROOT_ID] = fd
+        if self._no_encoded is None:
+            if not btrfs.is_btrfs(fd):
+                self._no_encoded = "destination is not btrfs"
+            elif not btrfs.has_cap_sys_admin():
+                self._no_encoded = "no CAP_SYS_ADMIN for encoded writes (run as root)"
+            else:
+                self._sector_size = btrfs.sector_size(fd)
 
     @staticmethod
     def _empty_dir(p: Path) -> bool:
@@ -193,6 +217,7 @@ class TreeSink:
                 os.mkdir(rec.name, 0o700, dir_fd=parent_fd)
                 self._dirs.append(rec.file_id)
             elif rec.type == RecordType.MKFILE:
+                self._cur_nodatasum = None
                 self._cur_fd = os.open(rec.name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
                                        | os.O_CLOEXEC, 0o600, dir_fd=parent_fd)
                 if rec.size:
@@ -254,7 +279,49 @@ class TreeSink:
                 raise self._os_error(e, rec.file_id) from None
 
     def wants_encoded(self, rec: Extent) -> bool:
-        return False
+        # Every compressed extent comes here still encoded: extent_encoded() writes it
+        # verbatim where btrfs takes it, else decodes it, and counts which and why.
+        return rec.compression != Compression.NONE
+
+    def extent_encoded(self, rec: Extent, payload) -> None:
+        """Write one compressed extent: verbatim with ENCODED_WRITE, or decoded with pwrite."""
+        reason = self._encoded_refusal(rec, payload)
+        if reason is None:
+            try:
+                btrfs.encoded_write(self._cur_fd, rec.offset, payload, rec.num_bytes, rec.unencoded_len,
+                                    rec.unencoded_offset, rec.compression)
+                self.report.encoded_extents += 1
+                return
+            except OSError as e:
+                # btrfs receive falls back on exactly EINVAL, ENOSPC and ENOTTY.  Nothing was
+                # written when the kernel refuses: its checks come before any allocation.
+                if e.errno not in (errno.EINVAL, errno.ENOSPC, errno.ENOTTY, errno.EOPNOTSUPP, errno.EPERM):
+                    raise self._os_error(e, rec.file_id) from None
+                reason = f"kernel refused the encoded write ({errno.errorcode[e.errno]})"
+                if e.errno in (errno.ENOTTY, errno.EOPNOTSUPP, errno.EPERM):
+                    self._no_encoded = reason  # it will refuse every other one as well
+        self.report.count_decoded(reason)
+        data = decode(payload, rec.compression, rec.unencoded_len)
+        self.extent(rec, memoryview(data)[rec.unencoded_offset:rec.unencoded_offset + rec.num_bytes])
+
+    def _encoded_refusal(self, rec: Extent, payload) -> str | None:
+        """Why this extent cannot go in with ENCODED_WRITE, or None to try it."""
+        if self._no_encoded is not None:
+            return self._no_encoded
+        if rec.compression not in BTRFS_COMPRESSIONS:
+            return f"{Compression.NAMES.get(rec.compression, rec.compression)} is not a btrfs compression"
+        if self._cur_nodatasum is None:
+            try:
+                self._cur_nodatasum = btrfs.is_nodatasum(self._cur_fd)
+            except OSError:
+                self._cur_nodatasum = False  # the kernel's answer to the write decides
+        # The file's size was set when it was created (ftruncate to rec.size), so
+        # an unaligned end is allowed exactly when the extent ends the file.
+        return btrfs.encoded_write_refusal(
+            offset=rec.offset, data_len=len(payload), num_bytes=rec.num_bytes,
+            unencoded_len=rec.unencoded_len, unencoded_offset=rec.unencoded_offset,
+            compression=rec.compression, sector_size=self._sector_size, dest_size=self._cur_rec.size,
+            nodatasum=self._cur_nodatasum)
 
     def extent(self, rec: Extent, data) -> None:
         try:
@@ -303,6 +370,8 @@ class TreeSink:
                 os.fchmod(fd, self._mode(rec))
                 os.utime(fd, ns=(rec.atime_ns, rec.mtime_ns))
             if self.sync:
+                # Also where a failed encoded write shows: its data goes to disk after the
+                # ioctl returned, and syncfs commits the transaction and reports its error.
                 _syncfs(self._dir_fds[ROOT_ID])
         except OSError as e:
             raise self._os_error(e, 0) from None
