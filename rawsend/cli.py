@@ -55,11 +55,15 @@ def _open_input(path: str | None):
         raise click.FileError(path, e.strerror) from None
 
 
+def _warn(text: str) -> None:
+    _err(f"warning: {text}")
+
+
 def _load_keyring(key_files):
     if not key_files:
         return None
     from rawsend.codecs.crypto import Keyring
-    return Keyring.from_files(key_files)
+    return Keyring.from_files(key_files, warn=_warn)
 
 
 class RawsendGroup(click.Group):
@@ -113,7 +117,7 @@ def send(source, output, compress_name, level, encrypt_key, cipher, threads, pro
         from rawsend.codecs.crypto import Sealer
         from rawsend.codecs.keys import load_key
         from rawsend.stream.records import Cipher
-        sealer = Sealer(load_key(encrypt_key), Cipher.BY_NAME[cipher])
+        sealer = Sealer(load_key(encrypt_key, warn=_warn), Cipher.BY_NAME[cipher])
     if output:
         try:
             out_fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
@@ -244,3 +248,69 @@ def verify(stream_file, key_files):
         click.echo(f"OK, authenticated: {summary}")
     else:
         click.echo(f"OK: {summary}")
+
+
+# -- keygen / rekey -----------------------------------------------------------------------------
+
+@main.command()
+@click.option("-o", "--output", type=click.Path(dir_okay=False),
+              help="Create this key file (mode 0600; never overwrites). Default: stdout.")
+def keygen(output):
+    """Make a new 256-bit key and print its key id on stderr."""
+    from rawsend.codecs.keys import format_key, new_key, write_key_file
+
+    key = new_key()
+    if output:
+        write_key_file(output, key)
+    else:
+        sys.stdout.buffer.write(format_key(key.secret))
+        sys.stdout.buffer.flush()
+    _err(f"key id {key.key_id_hex}" + (f" written to {output}" if output else ""))
+
+
+@main.command()
+@click.option("--from", "old_key", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="Key file the stream is sealed with now.")
+@click.option("--to", "new_key", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="Key file to seal it with.")
+@click.option("-i", "--input", "input_path", type=click.Path(dir_okay=False, allow_dash=True),
+              help="Read the stream from FILE instead of stdin.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False),
+              help="Write the new stream to FILE (replaced only on success) instead of stdout.")
+def rekey(old_key, new_key, input_path, output):
+    """Reseal an encrypted stream under another key; extent payloads keep their bytes and encoding."""
+    import secrets
+
+    from rawsend.codecs.keys import load_key
+    from rawsend.rekey import rekey as do_rekey
+    from rawsend.stream.writer import fd_writer
+
+    old, new = load_key(old_key, warn=_warn), load_key(new_key, warn=_warn)
+    temp = None
+    if output:
+        target = Path(output)
+        temp = target.parent / f".{target.name}.rekey-{os.getpid()}-{secrets.token_hex(4)}"
+        try:
+            out_fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        except OSError as e:
+            raise OutputError(f"{e.strerror}", path=str(temp)) from None
+    else:
+        if sys.stdout.isatty():
+            raise click.UsageError("refusing to write a binary stream to a terminal; pipe it or use -o FILE")
+        out_fd = 1
+        _enlarge_pipe(1)
+    done = False
+    try:
+        with _open_input(input_path) as stream:
+            stats = do_rekey(stream, fd_writer(out_fd), old, new)
+        if temp is not None:
+            os.fsync(out_fd)
+            os.rename(temp, output)
+        done = True
+    finally:
+        if temp is not None:
+            os.close(out_fd)
+            if not done:
+                os.unlink(temp)
+    _err(f"rekeyed {stats.records} records ({stats.extents} extents, {_human(stats.payload_bytes)} of payload"
+         f" kept as it was) from key id {stats.old_key_id} to key id {stats.new_key_id}")

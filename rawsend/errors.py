@@ -134,6 +134,13 @@ class KeyFileError(KeyProblem):
     """bad key file: {detail}"""
 
 
+class WrongKey(KeyProblem):
+    """none of the given keys is the stream's key: {detail}"""
+
+    exit_code = 1
+    hint = "pass --key-file with the key of that id ('rawsend dump' shows the stream's key id)"
+
+
 class AuthenticationFailed(KeyProblem):
     """authentication failed: {detail}"""
 

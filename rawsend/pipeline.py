@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
 from rawsend.codecs.compress import compress, decode
-from rawsend.errors import KeyMissing, MalformedRecord, RawsendError
+from rawsend.codecs.crypto import check_sealing
+from rawsend.errors import KeyMissing, MalformedRecord, RawsendError, WrongKey
 from rawsend.sources.tree import DataChunk
 from rawsend.stream.checker import Limits, StreamChecker
 from rawsend.stream.reader import RawRecord, StreamReader
@@ -214,15 +215,21 @@ def receive(stream, sink, *, keyring=None, limits: Limits | None = None, require
                 stats.encrypted = header.encrypted
                 if header.encrypted:
                     opener = keyring.opener(header) if keyring is not None else None
+                    given = f" (given: {', '.join(keyring.key_ids)})" if keyring is not None else ""
                     if opener is None and require_key:
-                        raise KeyMissing(f"it needs key id {header.key_id.hex()}", record=0)
+                        raise KeyMissing(f"it needs key id {header.key_id.hex()}{given}",
+                                         record=0, offset=raw.offset)
+                    if opener is None and keyring is not None:
+                        # keys were given to authenticate: a keyless check would not be what was asked
+                        raise WrongKey(f"it needs key id {header.key_id.hex()}{given}",
+                                       record=0, offset=raw.offset)
                 if on_record:
                     on_record(raw, header)
                 sink.begin(header)
                 continue
             if raw.type == RecordType.END:
                 if opener is not None:
-                    opener.check_end(reader.header_body, reader.end, raw.index)
+                    opener.check_end(reader.header_body, reader.end, raw.index, raw.offset)
                     stats.authenticated = True
                 if opener is not None or not stats.encrypted:
                     checker.finish(raw.index)
@@ -233,16 +240,20 @@ def receive(stream, sink, *, keyring=None, limits: Limits | None = None, require
                 sink.commit()
                 return stats
             if raw.type not in RecordType.NAMES:
+                check_sealing(reader.header, raw)
+                if opener is not None:
+                    opener.open_metadata(raw)  # authenticated like any record, then skipped
                 if on_record:
                     on_record(raw, None)
                 continue  # skippable record of a later version
-            rec = _record(raw, opener, stats)
+            rec = _record(raw, opener, stats, reader.header)
             if on_record:
                 on_record(raw, rec)
             if rec is None:
                 continue
             try:
-                checker.check(rec, raw.index)
+                if opener is not None or not stats.encrypted:  # keyless: no names, so no tree to check
+                    checker.check(rec, raw.index)
             except Exception as e:
                 _set_where(e, raw)
                 raise
@@ -255,15 +266,19 @@ def receive(stream, sink, *, keyring=None, limits: Limits | None = None, require
     raise AssertionError("unreachable: the reader ends with END or an error")
 
 
-def _record(raw: RawRecord, opener, stats: ReceiveStats):
+def _record(raw: RawRecord, opener, stats: ReceiveStats, header: Header):
     """Typed record, or None when a keyless reader meets a sealed body."""
     try:
+        check_sealing(header, raw)
         if raw.flags & FLAG_SEALED:
             if opener is None:
                 stats.sealed_skipped += 1
                 return None
             return unpack_body(raw.type, opener.open_metadata(raw))
-        return unpack_body(raw.type, raw.body)
+        rec = unpack_body(raw.type, raw.body)
+        if isinstance(rec, Extent):
+            check_sealing(header, raw, rec)  # its encryption fields agree with the header
+        return rec
     except Exception as e:
         _set_where(e, raw)
         raise
@@ -281,7 +296,7 @@ def _apply(rec, raw: RawRecord, sink, opener, stats: ReceiveStats) -> None:
             if rec.encryption:
                 if opener is None:
                     return
-                payload = opener.open_extent(raw.index, rec, raw.payload)
+                payload = opener.open_extent(raw.index, rec, raw.payload, raw.offset)
             else:
                 payload = raw.payload
             if sink.wants_encoded(rec):

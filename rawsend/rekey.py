@@ -1,0 +1,97 @@
+"""rekey: reseal an encrypted stream under another key.
+
+Every record is opened with the old key (so the whole input is
+authenticated on the way) and sealed again under the new key, with a fresh
+salt and fresh nonces.  The stream keeps its stream id, creation time,
+features and cipher; each record keeps its index, type and flags; each
+extent keeps its encoded (compressed) payload byte for byte: rekey never
+decompresses or recompresses, so every payload length stays the same.
+
+A new END is written only after the old END authenticated.  If anything
+fails, the output has no END, and every reader refuses it as truncated.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from typing import BinaryIO, Callable
+
+from rawsend.codecs.crypto import Keyring, Sealer, check_sealing
+from rawsend.codecs.keys import Key
+from rawsend.errors import KeyProblem, RawsendError, WrongKey
+from rawsend.stream.checker import Limits, StreamChecker
+from rawsend.stream.reader import StreamReader
+from rawsend.stream.records import Cipher, Extent, RecordType, unpack_body
+from rawsend.stream.writer import StreamWriter
+
+
+@dataclass
+class RekeyStats:
+    old_key_id: str = ""
+    new_key_id: str = ""
+    records: int = 0
+    extents: int = 0
+    payload_bytes: int = 0     # extent payload bytes, the same in and out
+    stream_bytes: int = 0      # bytes written
+
+
+def rekey(stream: BinaryIO, write: Callable[[bytes], None], old: Key | Keyring, new: Key, *,
+          limits: Limits | None = None, random: Callable[[int], bytes] = os.urandom) -> RekeyStats:
+    """Read an encrypted stream sealed under ``old``, write it sealed under ``new``."""
+    keyring = old if isinstance(old, Keyring) else Keyring([old])
+    reader = StreamReader(stream)
+    checker = StreamChecker(limits or Limits())
+    stats = RekeyStats(new_key_id=new.key_id.hex())
+    opener = sealer = writer = None
+    for raw in reader:
+        try:
+            if raw.type == RecordType.HEADER:
+                header = reader.header
+                if not header.encrypted:
+                    raise KeyProblem("the stream is not encrypted, so it has no key to change",
+                                     hint="make an encrypted stream with 'rawsend send --encrypt KEYFILE'")
+                opener = keyring.opener(header)
+                if opener is None:
+                    raise WrongKey(f"it needs key id {header.key_id.hex()}, --from has"
+                                   f" {', '.join(keyring.key_ids)}", hint="pass --from with the key of that id")
+                stats.old_key_id = header.key_id.hex()
+                sealer = Sealer(new, header.cipher, random=random)
+                new_header = dataclasses.replace(header, **sealer.header_fields())
+                sealer.start(new_header)
+                writer = StreamWriter(write, new_header)
+                continue
+            assert writer.next_index == raw.index  # every record is written, so indexes stay put
+            if raw.type == RecordType.END:
+                opener.check_end(reader.header_body, reader.end, raw.index)
+                checker.finish(raw.index)
+                writer.finish(sealer.end_mac)
+                stats.records = writer.record_count
+                stats.stream_bytes = writer.byte_count
+                return stats
+            check_sealing(header, raw)
+            if raw.type == RecordType.EXTENT:
+                extent = Extent.unpack(raw.body)
+                check_sealing(header, raw, extent)
+                checker.check(extent, raw.index)
+                encoded = opener.open_extent(raw.index, extent, raw.payload)
+                clear = dataclasses.replace(extent, disk_num_bytes=len(encoded), encryption=Cipher.NONE,
+                                            key_id=bytes(16), nonce=bytes(12))
+                sealed, payload = sealer.seal_extent(raw.index, clear, encoded)
+                assert len(payload) == len(raw.payload)
+                writer.write_record(RecordType.EXTENT, sealed.pack(), payload, flags=raw.flags)
+                stats.extents += 1
+                stats.payload_bytes += len(payload)
+            else:
+                body = opener.open_metadata(raw)
+                if raw.type in RecordType.NAMES:  # a skippable record of a later version is only resealed
+                    checker.check(unpack_body(raw.type, body), raw.index)
+                writer.write_record(raw.type, sealer.seal_metadata(raw.index, raw.type, body), flags=raw.flags)
+        except RawsendError as e:
+            if e.record is None:
+                e.record, e.offset = raw.index, raw.offset
+            elif e.record == raw.index and e.offset is None:
+                e.offset = raw.offset
+            raise
+    raise AssertionError("unreachable: the reader ends with END or an error")

@@ -1,0 +1,341 @@
+#!/usr/bin/env python3
+"""Regenerate the golden vectors of encrypted streams in spec/vectors/encrypted/.
+
+Layout as in spec/vectors/: NAME.rs is the stream, NAME.expect what a reader
+must say, NAME.dump what `rawsend dump --key-file KEY` prints (then
+`error: ...` for a stream it refuses).  NAME.expect is one `field: value`
+per line:
+
+    comment:         the scenario, in one line
+    key:             the key file given to the reader (test.key or other.key)
+    expect:          `success` or the error class a reader with that key raises
+    record, offset:  where that error is reported
+    keyless:         what a reader without any key says (`success` or an error class)
+    keyless record, keyless offset
+
+Good streams also get NAME.keyless.dump, what a host without the key sees.
+
+The two key files are published test keys: never seal real data with them.
+Salts and nonces come from a deterministic generator (SHA-256 of a label and
+a counter), payloads are stored uncompressed or as a fixed zlib literal, so
+every vector is reproducible byte for byte with any codec library version.
+
+Each damaged vector models one change by an attacker without the key: every
+CRC is fixed up and, unless the scenario is the END record itself, the END's
+counts and digest are recomputed, so only the key can tell.
+
+    python spec/vectors/generate_encrypted.py          # rewrite the vectors
+    python spec/vectors/generate_encrypted.py --check  # exit 1 if any vector differs
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import stat
+import sys
+from pathlib import Path
+
+from crc32c import crc32c
+
+from rawsend.codecs.crypto import Keyring, Sealer
+from rawsend.codecs.keys import Key, format_key
+from rawsend.dump import Dumper
+from rawsend.errors import RawsendError
+from rawsend.pipeline import EncodedChunk, NullSink, receive, send
+from rawsend.sources.tree import DataChunk
+from rawsend.stream.records import (
+    CRC_COVERED, END_BODY, EXTENT_BODY, HEADER_BODY, PREAMBLE, RECORD_HEADER, Cipher,
+    Compression, Create, End, Extent, Link, RecordType, SetXattr,
+)
+
+HERE = Path(__file__).resolve().parent
+OUT = HERE / "encrypted"
+STREAM_ID = bytes.fromhex("5eedc0de5eedc0de5eedc0de5eedc0de")
+OTHER_STREAM_ID = bytes.fromhex("0babe0000babe0000babe0000babe000")
+CREATED_NS = 1_795_000_000_123_456_789
+T1 = 1_700_000_000_000_000_001
+T2 = 1_600_000_000_999_999_999
+
+# Published test keys, derived from their names so anyone can recompute them.
+TEST_KEY = Key(hashlib.sha256(b"rawsend test key: never use it for real data").digest())
+OTHER_KEY = Key(hashlib.sha256(b"rawsend other test key: never use it for real data").digest())
+KEY_FILES = {"test.key": TEST_KEY, "other.key": OTHER_KEY}
+
+# zlib.compress(b"note: keep this between us\n" * 200, 9), fixed here so no zlib build changes it
+NOTE = b"note: keep this between us\n" * 200
+NOTE_ZLIB = bytes.fromhex("78daedc9c10980401004b0bf556c1d96230c28c22adc89eddb8724dff435b3d699dc35f763d496f9"
+                          "265dcf585a29a594524a29a594524a29a5fe581fc5f18c72")
+
+
+class DeterministicRandom:
+    """SHA-256(label || u64le counter) blocks: reproducible "random" bytes, for vectors only."""
+
+    def __init__(self, label: bytes):
+        self.label = label
+        self.counter = 0
+        self.pool = b""
+
+    def __call__(self, n: int) -> bytes:
+        while len(self.pool) < n:
+            self.pool += hashlib.sha256(self.label + self.counter.to_bytes(8, "little")).digest()
+            self.counter += 1
+        out, self.pool = self.pool[:n], self.pool[n:]
+        return out
+
+
+class RepeatingNonces(DeterministicRandom):
+    """A broken random source: a fresh salt, then the same 12 bytes for every nonce."""
+
+    def __call__(self, n: int) -> bytes:
+        return super().__call__(n) if n != 12 else bytes(range(12))
+
+
+def items() -> list:
+    """Every metadata record type, extents split, sparse and pre-encoded, xattrs and a hard link."""
+    text = b"".join(b"plan %04d: meet at the old mill at dawn\n" % i for i in range(100))
+    pattern = bytes(range(256)) * 4
+    d, f, ln = stat.S_IFDIR, stat.S_IFREG, stat.S_IFLNK
+    return [
+        Create(RecordType.MKDIR, 1, 0, b"", d | 0o755, 1000, 1000, T1, T1),
+        Create(RecordType.MKDIR, 2, 1, b"secret-dir", d | 0o750, 1000, 100, T1, T2),
+        SetXattr(2, b"user.label", b"confidential"),
+        Create(RecordType.MKFILE, 3, 2, b"plans.txt", f | 0o640, 1000, 100, T2, T1, len(text)),
+        DataChunk(3, 0, text[:3000]),
+        DataChunk(3, 3000, text[3000:]),
+        SetXattr(3, b"user.a", b"1"),
+        SetXattr(3, b"user.b", b"22"),
+        Create(RecordType.MKFILE, 4, 1, b"note.txt", f | 0o600, 0, 0, T1, T1, len(NOTE)),
+        EncodedChunk(Extent(4, 0, len(NOTE), len(NOTE), 0, len(NOTE_ZLIB), Compression.ZLIB), NOTE_ZLIB),
+        Create(RecordType.MKFILE, 5, 1, b"sparse.img", f | 0o644, 0, 0, T1, T2, 1 << 20),
+        DataChunk(5, 512 * 1024, pattern),
+        Link(3, 1, b"plans-link.txt"),
+        Create(RecordType.SYMLINK, 6, 1, b"to-plans", ln | 0o777, 0, 0, T1, T1, 0, b"secret-dir/plans.txt"),
+        Create(RecordType.MKNOD, 7, 1, b"fifo", stat.S_IFIFO | 0o644, 0, 0, T1, T1),
+    ]
+
+
+def build(key: Key = TEST_KEY, cipher: int = Cipher.AES_256_GCM, stream_id: bytes = STREAM_ID,
+          random=None) -> bytes:
+    out = bytearray()
+    random = random or DeterministicRandom(b"rawsend vector " + stream_id + bytes([cipher]) + key.key_id)
+    send(items(), out.extend, compression=Compression.NONE, threads=1, stream_id=stream_id,
+         created_ns=CREATED_NS, sealer=Sealer(key, cipher, random=random))
+    return bytes(out)
+
+
+# -- record surgery -------------------------------------------------------------------------------
+
+def record_spans(stream: bytes) -> list[tuple[int, int]]:
+    """(start, end) of each record, read from the framing alone."""
+    spans, pos = [], PREAMBLE.size
+    while pos < len(stream):
+        _, _, body_len, payload_len, _ = RECORD_HEADER.unpack_from(stream, pos)
+        end = pos + RECORD_HEADER.size + body_len + payload_len
+        spans.append((pos, end))
+        pos = end
+    return spans
+
+
+def record_types(stream: bytes) -> list[int]:
+    return [RECORD_HEADER.unpack_from(stream, s)[0] for s, _ in record_spans(stream)]
+
+
+def frame(rtype: int, flags: int, body: bytes, payload: bytes = b"") -> bytes:
+    header = RECORD_HEADER.pack(rtype, flags, len(body), len(payload), 0)
+    crc = crc32c(payload, crc32c(body, crc32c(header[:CRC_COVERED])))
+    return RECORD_HEADER.pack(rtype, flags, len(body), len(payload), crc) + body + payload
+
+
+def fix_crc(stream: bytearray, start: int) -> None:
+    rtype, flags, body_len, payload_len, _ = RECORD_HEADER.unpack_from(stream, start)
+    rest = bytes(stream[start + RECORD_HEADER.size:start + RECORD_HEADER.size + body_len + payload_len])
+    stream[start:start + RECORD_HEADER.size + body_len + payload_len] = \
+        frame(rtype, flags, rest[:body_len], rest[body_len:])
+
+
+def refinish(stream: bytes) -> bytes:
+    """Recompute the last record (END)'s counts and digest and keep its MAC: what anyone can forge."""
+    spans = record_spans(stream)
+    end_start = spans[-1][0]
+    digest = hashlib.sha256(stream[:PREAMBLE.size])
+    for start, _ in spans[:-1]:
+        digest.update(stream[start:start + RECORD_HEADER.size])
+    old = End.unpack(stream[end_start + RECORD_HEADER.size:])
+    end = End(len(spans) - 1, end_start, digest.digest(), old.mac)
+    return stream[:end_start] + frame(RecordType.END, 0, end.pack())
+
+
+def damaged(good: bytes) -> dict[str, tuple[bytes, str, str]]:
+    """name -> (stream, key file, comment)."""
+    spans, types = record_spans(good), record_types(good)
+    extents = [i for i, t in enumerate(types) if t == RecordType.EXTENT]
+    xattrs = [i for i, t in enumerate(types) if t == RecordType.SET_XATTR]
+    mkfile = types.index(RecordType.MKFILE)
+    end_start = spans[-1][0]
+
+    def body_at(i: int) -> int:
+        return spans[i][0] + RECORD_HEADER.size
+
+    def record(i: int) -> bytes:
+        return good[spans[i][0]:spans[i][1]]
+
+    out: dict[str, tuple[bytes, str, str]] = {}
+
+    s = bytearray(good)
+    s[spans[extents[0]][1] - 20] ^= 0x01  # a ciphertext byte, not the tag
+    fix_crc(s, spans[extents[0]][0])
+    out["payload_bitflip"] = (refinish(bytes(s)), "test.key",
+                              "one bit of the first extent's sealed payload flipped")
+
+    s = bytearray(good)
+    s[body_at(mkfile) + 20] ^= 0x01  # inside the ciphertext, after the nonce
+    fix_crc(s, spans[mkfile][0])
+    out["sealed_metadata_bitflip"] = (refinish(bytes(s)), "test.key",
+                                      "one bit of a sealed mkfile body flipped")
+
+    sparse = extents[-1]  # the extent at 512 KiB of the 1 MiB sparse file
+    s = bytearray(good)
+    fields = list(EXTENT_BODY.unpack_from(s, body_at(sparse)))
+    fields[1] -= 256 * 1024
+    EXTENT_BODY.pack_into(s, body_at(sparse), *fields)
+    fix_crc(s, spans[sparse][0])
+    out["extent_moved"] = (refinish(bytes(s)), "test.key",
+                           "an extent's clear file offset changed from 512 KiB to 256 KiB (still inside the file)")
+
+    a, b = xattrs[1], xattrs[2]  # the two sealed xattrs of plans.txt
+    out["swapped_records"] = (refinish(good[:spans[a][0]] + record(b) + record(a) + good[spans[b][1]:]),
+                              "test.key", "two sealed set_xattr records swapped")
+    out["dropped_record"] = (refinish(good[:spans[a][0]] + good[spans[a][1]:]), "test.key",
+                             "a sealed set_xattr record dropped")
+    out["duplicated_record"] = (refinish(good[:spans[b][1]] + record(b) + good[spans[b][1]:]), "test.key",
+                                "a sealed set_xattr record repeated right after itself")
+    out["truncated"] = (good[:end_start], "test.key", "the stream cut off right before END")
+    out["truncated_forged_end"] = (refinish(good[:spans[-4][0]] + good[end_start:]), "test.key",
+                                   "the last three records before END dropped and END's counts and digest"
+                                   " recomputed")
+
+    other = build(stream_id=OTHER_STREAM_ID)  # the same tree under the same key, another stream
+    first = extents[0]
+    ospans = record_spans(other)
+    out["extent_from_other_stream"] = (
+        refinish(good[:spans[first][0]] + other[ospans[first][0]:ospans[first][1]] + good[spans[first][1]:]),
+        "test.key", "an extent record replaced by the same extent of another stream sealed with the same key")
+
+    s = bytearray(good)
+    s[end_start + RECORD_HEADER.size + END_BODY.size - 32] ^= 0x01  # first byte of the mac
+    fix_crc(s, end_start)
+    out["end_mac_wrong"] = (bytes(s), "test.key", "one bit of the END record's MAC flipped")
+
+    plan = SetXattr(3, b"user.a", b"1").pack()
+    out["unsealed_metadata"] = (
+        refinish(good[:spans[a][0]] + frame(RecordType.SET_XATTR, 0, plan) + good[spans[a][1]:]), "test.key",
+        "a sealed set_xattr record replaced by the same record in the clear")
+
+    ext = Extent.unpack(good[body_at(first):body_at(first) + EXTENT_BODY.size])
+    clear = Extent(ext.file_id, ext.offset, ext.num_bytes, ext.unencoded_len, 0, ext.unencoded_len)
+    out["plaintext_extent_injected"] = (
+        refinish(good[:spans[first][0]] + frame(RecordType.EXTENT, 0, clear.pack(), b"X" * ext.unencoded_len)
+                 + good[spans[first][1]:]), "test.key",
+        "a sealed extent replaced by an unencrypted extent of the same place and length")
+
+    out["wrong_key"] = (build(key=OTHER_KEY), "test.key",
+                        "a good stream sealed with other.key, read with test.key")
+
+    s = bytearray(build(key=OTHER_KEY))
+    ospans, otypes = record_spans(bytes(s)), record_types(bytes(s))
+    h = list(HEADER_BODY.unpack_from(s, ospans[0][0] + RECORD_HEADER.size))
+    h[5] = TEST_KEY.key_id
+    HEADER_BODY.pack_into(s, ospans[0][0] + RECORD_HEADER.size, *h)
+    fix_crc(s, ospans[0][0])
+    for i, t in enumerate(otypes):
+        if t == RecordType.EXTENT:
+            e = list(EXTENT_BODY.unpack_from(s, ospans[i][0] + RECORD_HEADER.size))
+            e[9] = TEST_KEY.key_id
+            EXTENT_BODY.pack_into(s, ospans[i][0] + RECORD_HEADER.size, *e)
+            fix_crc(s, ospans[i][0])
+    out["forged_key_id"] = (refinish(bytes(s)), "test.key",
+                            "a stream sealed with other.key whose header and extents name test.key's id")
+
+    out["nonce_reused"] = (build(random=RepeatingNonces(b"broken")), "test.key",
+                           "sealed with test.key by a sender whose random source repeats one nonce")
+    return out
+
+
+def vectors() -> dict[str, tuple[bytes, str, str]]:
+    out = {
+        "good_aes256gcm": (build(), "test.key", "a good stream, AES-256-GCM"),
+        "good_chacha20poly1305": (build(cipher=Cipher.CHACHA20_POLY1305), "test.key",
+                                  "a good stream, ChaCha20-Poly1305"),
+    }
+    out.update(damaged(out["good_aes256gcm"][0]))
+    return out
+
+
+# -- expectations ---------------------------------------------------------------------------------
+
+def outcome(stream: bytes, keyring: Keyring | None) -> tuple[RawsendError | None, list[str]]:
+    """(error or None, dump lines) of a stream read with ``keyring``."""
+    dumper = Dumper()
+    lines: list[str] = []
+    try:
+        receive(io.BytesIO(stream), NullSink(), keyring=keyring, require_key=False,
+                on_record=lambda raw, rec: lines.append(dumper.line(raw, rec)))
+    except RawsendError as e:
+        lines.append(f"error: {e}")
+        return e, lines
+    return None, lines
+
+
+def describe(stream: bytes, key_file: str, comment: str) -> dict[str, bytes]:
+    """The .expect and .dump files (and .keyless.dump for a good stream) of one vector."""
+    keyed, lines = outcome(stream, Keyring([KEY_FILES[key_file]]))
+    keyless, keyless_lines = outcome(stream, None)
+    expect = [f"comment: {comment}", f"key: {key_file}"]
+    for prefix, err in (("", keyed), ("keyless ", keyless)):
+        label = "expect" if not prefix else "keyless"
+        if err is None:
+            expect.append(f"{label}: success")
+        else:
+            expect += [f"{label}: {type(err).__name__}", f"{prefix}record: {err.record}",
+                       f"{prefix}offset: {err.offset}"]
+    files = {".expect": "\n".join(expect) + "\n", ".dump": "\n".join(lines) + "\n"}
+    if keyed is None:
+        files[".keyless.dump"] = "\n".join(keyless_lines) + "\n"
+    return {suffix: text.encode() for suffix, text in files.items()}
+
+
+def all_files() -> dict[str, bytes]:
+    files = {name: format_key(key.secret) for name, key in KEY_FILES.items()}
+    for name, (data, key_file, comment) in sorted(vectors().items()):
+        files[f"{name}.rs"] = data
+        for suffix, content in describe(data, key_file, comment).items():
+            files[name + suffix] = content
+    return files
+
+
+def main(argv: list[str]) -> int:
+    check = "--check" in argv
+    files = all_files()
+    bad = 0
+    OUT.mkdir(exist_ok=True)
+    for fname, content in files.items():
+        path = OUT / fname
+        if check:
+            if not path.exists() or path.read_bytes() != content:
+                print(f"differs: encrypted/{fname}")
+                bad += 1
+        else:
+            path.write_bytes(content)
+    if check:
+        stale = sorted(p.name for p in OUT.iterdir() if p.name not in files)
+        for name in stale:
+            print(f"not made by this generator: encrypted/{name}")
+        bad += len(stale)
+    else:
+        print(f"wrote {len(files)} files to {OUT}")
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
