@@ -101,8 +101,25 @@ def main():
               show_default=True, help="AEAD used with --encrypt.")
 @click.option("--threads", type=click.IntRange(1, 64), default=None, help="Encoding threads (default: cores, max 4).")
 @click.option("--progress/--no-progress", default=None, help="Progress on stderr (default: when a terminal).")
-def send(source, output, compress_name, level, encrypt_key, cipher, threads, progress):
-    """Write a stream of the tree SOURCE to stdout (or -o FILE)."""
+@click.option("--stream", "stream_id", default=None,
+              help="When SOURCE is a store: the stream to relay (a unique prefix of its id; default: the newest).")
+def send(source, output, compress_name, level, encrypt_key, cipher, threads, progress, stream_id):
+    """Write a stream of the tree SOURCE to stdout (or -o FILE).
+
+    When SOURCE is a store, relay one stored stream instead, byte for byte.
+    """
+    from rawsend.store import is_store
+    if is_store(source):
+        given = [name for name, value in (("--encrypt", encrypt_key), ("--level", level), ("--threads", threads))
+                 if value is not None]
+        if click.get_current_context().get_parameter_source("compress_name") is click.core.ParameterSource.COMMANDLINE:
+            given.append("--compress")
+        if given:
+            raise click.UsageError(f"{', '.join(given)} cannot apply: a store's streams are relayed as stored")
+        _relay_store(source, stream_id, output)
+        return
+    if stream_id is not None:
+        raise click.UsageError("--stream applies only when SOURCE is a store")
     from rawsend.codecs.compress import DEFAULT_LEVELS
     from rawsend.pipeline import send as do_send
     from rawsend.progress import Progress
@@ -166,9 +183,14 @@ def send(source, output, compress_name, level, encrypt_key, cipher, threads, pro
 @click.option("--max-files", type=int, default=None, help="Refuse streams with more files.")
 @click.option("--no-sync", is_flag=True, help="Do not syncfs before renaming into place.")
 @click.option("--progress/--no-progress", default=None, help="Progress on stderr (default: when a terminal).")
+@click.option("--store", "into_store", is_flag=True,
+              help="DEST is a store (created if missing): keep the stream verbatim, encrypted or not; no key needed.")
 def receive(dest, input_path, key_files, preserve_owner, preserve_special, max_bytes, max_files, no_sync,
-            progress):
-    """Rebuild the tree from a stream on stdin into DEST (which must not exist, or be empty)."""
+            progress, into_store):
+    """Rebuild the tree from a stream on stdin into DEST (which must not exist, or be empty).
+
+    With --store, add the stream as it is to the store DEST instead.
+    """
     from rawsend.pipeline import receive as do_receive
     from rawsend.progress import Progress
     from rawsend.sinks.tree import TreeSink
@@ -179,6 +201,14 @@ def receive(dest, input_path, key_files, preserve_owner, preserve_special, max_b
         limits.max_bytes = max_bytes
     if max_files is not None:
         limits.max_files = max_files
+    if into_store:
+        given = [name for name, value in (("--key-file", key_files), ("--preserve-owner", preserve_owner is not None),
+                                          ("--preserve-special", preserve_special), ("--no-sync", no_sync)) if value]
+        if given:
+            raise click.UsageError(f"{', '.join(given)} cannot apply with --store: a store keeps the stream as it"
+                                   " came (verify STORE --key-file authenticates it)")
+        _receive_store(dest, input_path, limits, progress)
+        return
     sink = TreeSink(dest, preserve_owner=preserve_owner, preserve_special=preserve_special, sync=not no_sync)
     keyring = _load_keyring(key_files)
     bar = Progress(progress, "receive")
@@ -202,6 +232,104 @@ def receive(dest, input_path, key_files, preserve_owner, preserve_special, max_b
          f"{stats.hardlinks} hard links, {_human(stats.logical_bytes)} of data "
          f"({stats.extents} extents, {_human(stats.stream_bytes)} of stream) into {dest} in {elapsed:.2f} s"
          + ("; " + "; ".join(extra) if extra else ""))
+
+
+# -- store: receive --store, send/verify STORE, ls --------------------------------------------
+
+def _utc(ns: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ns // 1_000_000_000))
+
+
+def _relay_store(store, stream_id, output) -> None:
+    from rawsend.store import send_from_store
+    from rawsend.stream.writer import fd_writer
+
+    if output:
+        try:
+            out_fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        except OSError as e:
+            raise OutputError(f"{e.strerror}", path=output) from None
+    else:
+        if sys.stdout.isatty():
+            raise click.UsageError("refusing to write a binary stream to a terminal; "
+                                   "pipe it (| rawsend receive DIR) or use -o FILE")
+        out_fd = 1
+        _enlarge_pipe(1)
+    started = time.monotonic()
+    try:
+        entry = send_from_store(store, stream_id, fd_writer(out_fd))
+    finally:
+        if output:
+            os.close(out_fd)
+    _err(f"relayed stream {entry.stream_id} from store {store}: {_human(entry.stored_bytes)} as stored "
+         f"({_human(entry.logical_bytes)} of data) in {time.monotonic() - started:.2f} s")
+
+
+def _receive_store(store, input_path, limits, progress) -> None:
+    from rawsend.progress import Progress
+    from rawsend.store import receive_into_store
+
+    bar = Progress(progress, "receive")
+    started = time.monotonic()
+    with _open_input(input_path) as stream:
+        try:
+            receipt = receive_into_store(stream, store, limits=limits, progress=bar)
+        finally:
+            bar.close()
+    e = receipt.entry
+    if not receipt.stored:
+        _err(f"stream {e.stream_id} is already in store {receipt.store} with identical bytes; nothing stored")
+        return
+    _err(f"stored stream {e.stream_id} in {receipt.store}: {e.records} records, {_human(e.logical_bytes)} of data "
+         f"as {_human(e.stored_bytes)}, {'encrypted, key id ' + e.key_id if e.encrypted else 'not encrypted'}"
+         f" in {time.monotonic() - started:.2f} s")
+
+
+def _verify_store(store, stream_id, key_files) -> None:
+    from rawsend.store import verify_store
+
+    checked, failed = 0, []
+    for verdict in verify_store(store, stream_id, _load_keyring(key_files)):
+        checked += 1
+        if not verdict.ok:
+            failed.append(verdict.error)
+            _err(str(verdict.error))
+            continue
+        e, stats = verdict.entry, verdict.stats
+        files = e.files if e.encrypted and not stats.authenticated else stats.files
+        summary = (f"{stats.records} records, {files} files, {_human(stats.logical_bytes)} logical, "
+                   f"{_human(stats.stream_bytes)} stored")
+        if stats.encrypted and not stats.authenticated:
+            click.echo(f"{e.stream_id}: intact, NOT authenticated (encrypted; no key given): {summary}")
+        elif stats.encrypted:
+            click.echo(f"{e.stream_id}: OK, authenticated: {summary}")
+        else:
+            click.echo(f"{e.stream_id}: OK: {summary}")
+    if failed:
+        _err(f"{len(failed)} of {checked} stored streams failed verification")
+        sys.exit(failed[0].exit_code)
+    if not checked:
+        click.echo("the store holds no stream")
+
+
+@main.command("ls")
+@click.argument("store", type=click.Path(exists=True, file_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per stream (its index entry) per line.")
+def ls(store, as_json):
+    """List the streams of STORE, oldest received first; no key needed."""
+    import dataclasses
+    import json
+
+    from rawsend.store import Store
+
+    for e in Store.open(store).entries():
+        if as_json:
+            click.echo(json.dumps(dataclasses.asdict(e), sort_keys=True))
+            continue
+        mix = ",".join(f"{name}:{n}" for name, n in e.compression.items()) or "no-extents"
+        crypt = f"encrypted {e.cipher} key {e.key_id}" if e.encrypted else "not-encrypted"
+        click.echo(f"{e.stream_id}  {_utc(e.received_ns)}  {_human(e.logical_bytes)} logical  "
+                   f"{_human(e.stored_bytes)} stored  {e.files} files  {mix}  {crypt}")
 
 
 # -- dump / verify ------------------------------------------------------------------------------
@@ -231,13 +359,23 @@ def dump(stream_file, as_json, key_files):
 
 
 @main.command()
-@click.argument("stream_file", required=False, default="-", type=click.Path(dir_okay=False, allow_dash=True))
+@click.argument("stream_file", required=False, default="-", type=click.Path(allow_dash=True))
 @click.option("--key-file", "key_files", multiple=True, type=click.Path(exists=True, dir_okay=False),
               help="Authenticate an encrypted stream with this key.")
-def verify(stream_file, key_files):
-    """Check a stream's framing, every CRC, the digest and END; decode every payload."""
+@click.option("--stream", "stream_id", default=None,
+              help="When given a store: check only this stream (a unique prefix of its id).")
+def verify(stream_file, key_files, stream_id):
+    """Check a stream's framing, every CRC, the digest and END; decode every payload.
+
+    Given a store directory, check every stored stream (no key needed).
+    """
     from rawsend.pipeline import NullSink, receive as do_receive
 
+    if stream_file != "-" and os.path.isdir(stream_file):
+        _verify_store(stream_file, stream_id, key_files)
+        return
+    if stream_id is not None:
+        raise click.UsageError("--stream applies only to a store")
     with _open_input(stream_file) as stream:
         stats = do_receive(stream, NullSink(), keyring=_load_keyring(key_files), require_key=False)
     summary = (f"{stats.records} records, {stats.files} files, {stats.dirs} dirs, "

@@ -1,0 +1,159 @@
+"""Receiving into a store: check every record as it arrives, keep the bytes exactly as they came.
+
+No payload is decoded, decrypted or changed.  The StreamReader checks the
+framing, every CRC, the caps, END and that nothing follows it; streams that
+are not encrypted also get the structural checks of StreamChecker on their
+metadata.  The stream file is written into STORE/tmp and becomes part of the
+store only after all of that passed and its bytes were fsynced
+(Store.commit); on any error, or if the process dies, the store is as it was.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Callable
+
+from rawsend.codecs.crypto import check_sealing
+from rawsend.errors import MalformedRecord, RawsendError
+from rawsend.store.index import UNKNOWN, IndexEntry
+from rawsend.store.layout import STREAM_SUFFIX, Store, os_error
+from rawsend.stream.checker import Limits, StreamChecker
+from rawsend.stream.reader import RawRecord, StreamReader
+from rawsend.stream.records import Cipher, Compression, Extent, Header, RecordType, unpack_body
+
+FLUSH_AT = 1 << 20  # bytes buffered before one write to the stream file
+
+
+@dataclass
+class StoreReceipt:
+    entry: IndexEntry
+    stored: bool  # False: the identical stream was already in the store, nothing was added
+    store: Path
+
+
+class StreamTally:
+    """Index fields from the clear parts of a stream, plus the structural checks of clear records."""
+
+    def __init__(self, limits: Limits | None = None):
+        self.checker = StreamChecker(limits or Limits())
+        self.header: Header | None = None
+        self.logical_bytes = 0
+        self.files = 0
+        self.compression: dict[str, int] = {}
+
+    def add(self, raw: RawRecord, reader: StreamReader) -> None:
+        if raw.type == RecordType.HEADER:
+            self.header = reader.header
+            return
+        encrypted = self.header.encrypted
+        try:
+            if raw.type == RecordType.END:
+                if not encrypted:
+                    self.checker.finish(raw.index)
+                return
+            check_sealing(self.header, raw)
+            if raw.type not in RecordType.NAMES or raw.sealed:
+                return  # a skippable record of a later version, or metadata only the key opens
+            rec = unpack_body(raw.type, raw.body)
+            if isinstance(rec, Extent):
+                check_sealing(self.header, raw, rec)
+                if len(raw.payload) != rec.disk_num_bytes:
+                    raise MalformedRecord(f"payload is {len(raw.payload)} bytes, disk_num_bytes says"
+                                          f" {rec.disk_num_bytes}")
+                self.logical_bytes += rec.num_bytes
+                name = Compression.NAMES[rec.compression]
+                self.compression[name] = self.compression.get(name, 0) + 1
+            elif rec.type == RecordType.MKFILE:
+                self.files += 1
+            if not encrypted:  # keyless, an encrypted stream has no names, so no tree to check
+                self.checker.check(rec, raw.index)
+        except RawsendError as e:
+            if e.record is None:
+                e.record = raw.index
+            if e.offset is None:
+                e.offset = raw.offset
+            raise
+
+    def entry(self, reader: StreamReader, stored_bytes: int, sha256: str, received_ns: int) -> IndexEntry:
+        h = self.header
+        return IndexEntry(
+            stream_id=h.stream_id.hex(), created_ns=h.created_ns, received_ns=received_ns,
+            logical_bytes=self.logical_bytes, stored_bytes=stored_bytes, records=reader.record_count + 1,
+            files=UNKNOWN if h.encrypted else self.files, compression=dict(sorted(self.compression.items())),
+            encrypted=h.encrypted, cipher=Cipher.NAMES[h.cipher],
+            key_id=h.key_id.hex() if h.encrypted else None,
+            end_digest=reader.end.digest.hex(), sha256=sha256)
+
+
+class _StreamFile:
+    """The temporary stream file: buffered writes, a SHA-256 of every byte, errors as StoreError."""
+
+    def __init__(self, fd: int, path: Path):
+        self.fd = fd
+        self.path = path
+        self.sha256 = hashlib.sha256()
+        self.size = 0
+        self._buf = bytearray()
+
+    def write(self, data) -> None:
+        self.sha256.update(data)
+        self.size += len(data)
+        self._buf += data
+        if len(self._buf) >= FLUSH_AT:
+            self.flush()
+
+    def flush(self) -> None:
+        done = 0
+        try:
+            while done < len(self._buf):
+                done += os.write(self.fd, memoryview(self._buf)[done:])
+            self._buf.clear()
+        except OSError as e:
+            raise os_error(e, "writing the stream into the store failed", self.path) from None
+
+    def sync(self) -> None:
+        self.flush()
+        try:
+            os.fsync(self.fd)
+        except OSError as e:
+            raise os_error(e, "syncing the stream to disk failed", self.path) from None
+
+
+def receive_into_store(stream: BinaryIO, store_path: str | os.PathLike, *, limits: Limits | None = None,
+                       progress: Callable[[int], None] | None = None) -> StoreReceipt:
+    """Read one stream from ``stream``, check it, and add it verbatim to the store (created if missing)."""
+    store = Store.create(store_path)
+    store.clean_stale_temps()
+    temp, fd = store.new_temp(STREAM_SUFFIX)
+    try:
+        out = _StreamFile(fd, temp)
+        reader = StreamReader(stream)
+        tally = StreamTally(limits)
+        try:
+            for raw in reader:
+                if raw.index == 0:
+                    out.write(reader.preamble)
+                tally.add(raw, reader)
+                out.write(raw.header)
+                out.write(raw.body)
+                out.write(raw.payload)
+                if progress:
+                    progress(raw.size)
+            out.sync()
+        finally:
+            os.close(fd)
+        entry = tally.entry(reader, out.size, out.sha256.hexdigest(), time.time_ns())
+        stored = store.commit(temp, entry)
+    except BaseException:
+        try:
+            os.unlink(temp)
+        except FileNotFoundError:
+            pass
+        raise
+    if not stored:
+        entry = store.read_entry(entry.stream_id) or entry  # the copy that was there first
+    return StoreReceipt(entry, stored, store.root)
