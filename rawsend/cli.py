@@ -322,7 +322,8 @@ def ls(store, as_json):
 
     from rawsend.store import Store
 
-    for e in Store.open(store).entries():
+    damaged = []
+    for e in Store.open(store).entries(damaged):
         if as_json:
             click.echo(json.dumps(dataclasses.asdict(e), sort_keys=True))
             continue
@@ -330,6 +331,10 @@ def ls(store, as_json):
         crypt = f"encrypted {e.cipher} key {e.key_id}" if e.encrypted else "not-encrypted"
         click.echo(f"{e.stream_id}  {_utc(e.received_ns)}  {_human(e.logical_bytes)} logical  "
                    f"{_human(e.stored_bytes)} stored  {e.files} files  {mix}  {crypt}")
+    for error in damaged:
+        _err(str(error))
+    if damaged:
+        sys.exit(damaged[0].exit_code)
 
 
 # -- dump / verify ------------------------------------------------------------------------------

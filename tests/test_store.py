@@ -223,6 +223,21 @@ def test_swapped_stream_file_fails_verify(tmp_path, stream_a):
     assert "record 0" in proc.stderr.decode()
 
 
+def test_damaged_index_entry_is_reported_and_the_others_still_listed(tmp_path, stream_a):
+    stream_b = make_stream(make_tree(tmp_path / "b", seed=2))
+    store = tmp_path / "store"
+    receive_into_store(io.BytesIO(stream_a), store)
+    receive_into_store(io.BytesIO(stream_b), store)
+    sid_a, sid_b = stream_id_of(stream_a), stream_id_of(stream_b)
+    entry = store / "index" / f"{sid_a}.json"
+    entry.write_bytes(entry.read_bytes().replace(b'"records"', b'"recorda"'))
+    for command in ("ls", "verify"):
+        proc = run_rawsend(command, str(store))
+        assert proc.returncode == 3
+        assert f"index entry is damaged: missing fields records (at path '{entry}')" in proc.stderr.decode()
+        assert sid_b in proc.stdout.decode() and sid_a not in proc.stdout.decode()
+
+
 @pytest.mark.parametrize("damage", ["bitflip", "truncate"])
 def test_damaged_stream_is_rejected_and_not_listed(tmp_path, stream_a, damage):
     stream_b = make_stream(make_tree(tmp_path / "b", seed=2))
@@ -267,11 +282,12 @@ def test_receive_killed_at_any_point_leaves_the_store_as_it_was(tmp_path, stream
     for n in points:
         proc = subprocess.Popen(rawsend_argv("receive", "--store", str(store)), stdin=subprocess.PIPE,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        mine = lambda: [name for name in os.listdir(store / "tmp") if name.startswith(f"{proc.pid}-")]  # noqa: E731
+        pid, pipe_fd = proc.pid, proc.stdin.fileno()
+        mine = lambda pid=pid: [name for name in os.listdir(store / "tmp") if name.startswith(f"{pid}-")]
         wait_for(mine, "the receiver's temp")
         proc.stdin.write(stream_b[:n])
         proc.stdin.flush()
-        wait_for(lambda: pipe_pending(proc.stdin.fileno()) == 0, "the receiver to read what was sent")
+        wait_for(lambda fd=pipe_fd: pipe_pending(fd) == 0, "the receiver to read what was sent")
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         proc.stdin.close()
@@ -299,7 +315,7 @@ def test_full_disk_gives_a_clear_error_and_an_unchanged_store(tmp_path, stream_a
         pytest.skip("mounting a small tmpfs needs root")
     mnt = tmp_path / "small"
     mnt.mkdir()
-    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)], capture_output=True)
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)], capture_output=True, check=False)
     if res.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {res.stderr.decode().strip()}")
     try:

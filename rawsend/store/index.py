@@ -38,7 +38,7 @@ class IndexEntry:
         return (json.dumps(asdict(self), sort_keys=True, indent=1) + "\n").encode()
 
     @classmethod
-    def from_json(cls, data: bytes, path: str) -> "IndexEntry":
+    def from_json(cls, data: bytes, path: str) -> IndexEntry:
         """Parse and check one entry; a damaged entry is a StoreError naming its file."""
         try:
             obj = json.loads(data)

@@ -21,9 +21,9 @@ import fcntl
 import json
 import os
 import secrets
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from rawsend.errors import StoreError
 from rawsend.store.index import IndexEntry
@@ -86,7 +86,7 @@ class Store:
     # -- opening and creating -------------------------------------------------------------
 
     @classmethod
-    def open(cls, path: str | os.PathLike) -> "Store":
+    def open(cls, path: str | os.PathLike) -> Store:
         root = Path(os.path.abspath(path))
         marker = root / MARKER_NAME
         try:
@@ -111,7 +111,7 @@ class Store:
         return cls(root)
 
     @classmethod
-    def create(cls, path: str | os.PathLike) -> "Store":
+    def create(cls, path: str | os.PathLike) -> Store:
         """Open the store at ``path``, creating it (and the directory) when missing.
 
         Safe to run concurrently and after a crash half-way: every step is
@@ -171,8 +171,12 @@ class Store:
                              hint="the entry was renamed or damaged; delete it and receive the stream again")
         return entry
 
-    def entries(self) -> list[IndexEntry]:
-        """Every stream of the store, oldest received first."""
+    def entries(self, damaged: list[StoreError] | None = None) -> list[IndexEntry]:
+        """Every stream of the store, oldest received first.
+
+        A damaged index entry raises, or, when a ``damaged`` list is given, is
+        appended to it and left out, so the other streams can still be listed.
+        """
         try:
             names = os.listdir(self.index)
         except OSError as e:
@@ -180,7 +184,13 @@ class Store:
         found = []
         for name in names:
             if name.endswith(INDEX_SUFFIX) and _is_stream_id(name[:-len(INDEX_SUFFIX)]):
-                entry = self.read_entry(name[:-len(INDEX_SUFFIX)])
+                try:
+                    entry = self.read_entry(name[:-len(INDEX_SUFFIX)])
+                except StoreError as e:
+                    if damaged is None:
+                        raise
+                    damaged.append(e)
+                    continue
                 if entry is not None:
                     found.append(entry)
         return sorted(found, key=lambda e: (e.received_ns, e.stream_id))

@@ -13,9 +13,10 @@ from __future__ import annotations
 import hashlib
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Callable
+from typing import BinaryIO
 
 from rawsend.codecs.crypto import check_sealing
 from rawsend.errors import MalformedRecord, RawsendError

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from typing import Callable
+from collections.abc import Callable
 
 from rawsend.errors import (
     ChecksumMismatch, DigestMismatch, KeyProblem, MalformedRecord, RawsendError, StoreError, StreamError,

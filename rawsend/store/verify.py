@@ -10,10 +10,10 @@ must also match its index entry (stream id, END digest, size, SHA-256).
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
-from rawsend.errors import RawsendError
+from rawsend.errors import RawsendError, StoreError
 from rawsend.pipeline import NullSink, ReceiveStats, receive
 from rawsend.store.index import IndexEntry
 from rawsend.store.layout import Store
@@ -23,7 +23,7 @@ from rawsend.stream.records import RecordType
 
 @dataclass
 class StreamVerdict:
-    entry: IndexEntry
+    entry: IndexEntry | None           # None when the index entry itself is damaged
     stats: ReceiveStats | None = None  # when intact
     error: RawsendError | None = None  # the first fault found, naming the stream, record and offset
 
@@ -36,7 +36,13 @@ def verify_store(store_path: str | os.PathLike, stream_id: str | None = None,
                  keyring=None) -> Iterator[StreamVerdict]:
     """One verdict per stored stream (or only for the stream whose id starts with ``stream_id``)."""
     store = Store.open(store_path)
-    entries = [store.find(stream_id)] if stream_id is not None else store.entries()
+    if stream_id is not None:
+        yield verify_stream(store, store.find(stream_id), keyring)
+        return
+    damaged: list[StoreError] = []
+    entries = store.entries(damaged)
+    for error in damaged:
+        yield StreamVerdict(None, error=error)
     for entry in entries:
         yield verify_stream(store, entry, keyring)
 
