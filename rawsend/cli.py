@@ -100,10 +100,12 @@ def main():
 @click.option("--cipher", type=click.Choice(["aes-256-gcm", "chacha20-poly1305"]), default="aes-256-gcm",
               show_default=True, help="AEAD used with --encrypt.")
 @click.option("--threads", type=click.IntRange(1, 64), default=None, help="Encoding threads (default: cores, max 4).")
+@click.option("--no-raw", is_flag=True,
+              help="On btrfs, read and compress compressed extents too instead of sending them as stored.")
 @click.option("--progress/--no-progress", default=None, help="Progress on stderr (default: when a terminal).")
 @click.option("--stream", "stream_id", default=None,
               help="When SOURCE is a store: the stream to relay (a unique prefix of its id; default: the newest).")
-def send(source, output, compress_name, level, encrypt_key, cipher, threads, progress, stream_id):
+def send(source, output, compress_name, level, encrypt_key, cipher, threads, no_raw, progress, stream_id):
     """Write a stream of the tree SOURCE to stdout (or -o FILE).
 
     When SOURCE is a store, relay one stored stream instead, byte for byte.
@@ -123,7 +125,6 @@ def send(source, output, compress_name, level, encrypt_key, cipher, threads, pro
     from rawsend.codecs.compress import DEFAULT_LEVELS
     from rawsend.pipeline import send as do_send
     from rawsend.progress import Progress
-    from rawsend.sources.tree import SourceReport, TreeSource
     from rawsend.stream.writer import fd_writer
 
     compression = Compression.BY_NAME[compress_name]
@@ -146,11 +147,11 @@ def send(source, output, compress_name, level, encrypt_key, cipher, threads, pro
                                    "pipe it (| rawsend receive DIR) or use -o FILE")
         out_fd = 1
         _enlarge_pipe(1)
-    report = SourceReport()
+    tree, report = _tree_source(source, raw=not no_raw)
     bar = Progress(progress, "send")
     started = time.monotonic()
     try:
-        stats = do_send(TreeSource(source, report), fd_writer(out_fd), compression=compression, level=level,
+        stats = do_send(tree, fd_writer(out_fd), compression=compression, level=level,
                         threads=threads, sealer=sealer, progress=bar)
     finally:
         bar.close()
@@ -159,12 +160,47 @@ def send(source, output, compress_name, level, encrypt_key, cipher, threads, pro
     elapsed = time.monotonic() - started
     for w in report.warnings:
         _err(f"warning: {w}")
+    for note in report.notices:
+        _err(f"note: {note}")
     mix = ", ".join(f"{k} {v}" for k, v in sorted(stats.by_compression.items())) or "no extents"
     _err(f"sent {report.files} files, {report.dirs} dirs, {report.symlinks} symlinks, "
          f"{report.hardlinks} hard links: {_human(stats.logical_bytes)} of data as "
-         f"{_human(stats.stream_bytes)} of stream ({stats.extents} extents: {mix}) in {elapsed:.2f} s")
+         f"{_human(stats.stream_bytes)} of stream ({stats.extents} extents: {mix}) in {elapsed:.2f} s"
+         + _btrfs_send_summary(report))
     if report.warnings:
         sys.exit(1)
+
+
+def _tree_source(path: str, raw: bool):
+    """The source for a directory and its report: on btrfs, one that sends compressed
+    extents as they lie on disk (unless raw is False)."""
+    from rawsend import btrfs
+    from rawsend.sources.tree import SourceReport, TreeSource
+
+    try:
+        on_btrfs = raw and btrfs.is_btrfs(path)
+    except OSError:
+        on_btrfs = False
+    if on_btrfs:
+        from rawsend.sources.btrfs import BtrfsSource, BtrfsSourceReport
+        report = BtrfsSourceReport()
+        return BtrfsSource(path, report), report
+    report = SourceReport()
+    return TreeSource(path, report), report
+
+
+def _reasons(counts: dict[str, int]) -> str:
+    return ", ".join(f"{reason}: {n}" for reason, n in sorted(counts.items()))
+
+
+def _btrfs_send_summary(report) -> str:
+    if not hasattr(report, "raw_extents") or not (report.raw_extents or report.decoded_extents):
+        return ""
+    text = f"; {report.raw_extents} extents as stored on btrfs ({_human(report.raw_bytes)})"
+    if report.decoded_extents:
+        text += (f", {report.decoded_extents} compressed extents sent decoded"
+                 f" ({_reasons(report.decoded_reasons)})")
+    return text
 
 
 # -- receive ------------------------------------------------------------------------------------
@@ -182,11 +218,13 @@ def send(source, output, compress_name, level, encrypt_key, cipher, threads, pro
 @click.option("--max-bytes", type=int, default=None, help="Refuse streams whose files declare more bytes.")
 @click.option("--max-files", type=int, default=None, help="Refuse streams with more files.")
 @click.option("--no-sync", is_flag=True, help="Do not syncfs before renaming into place.")
+@click.option("--no-raw", is_flag=True,
+              help="Decode compressed extents and write plain bytes, even where btrfs could take them as they are.")
 @click.option("--progress/--no-progress", default=None, help="Progress on stderr (default: when a terminal).")
 @click.option("--store", "into_store", is_flag=True,
               help="DEST is a store (created if missing): keep the stream verbatim, encrypted or not; no key needed.")
 def receive(dest, input_path, key_files, preserve_owner, preserve_special, max_bytes, max_files, no_sync,
-            progress, into_store):
+            no_raw, progress, into_store):
     """Rebuild the tree from a stream on stdin into DEST (which must not exist, or be empty).
 
     With --store, add the stream as it is to the store DEST instead.
@@ -209,7 +247,8 @@ def receive(dest, input_path, key_files, preserve_owner, preserve_special, max_b
                                    " came (verify STORE --key-file authenticates it)")
         _receive_store(dest, input_path, limits, progress)
         return
-    sink = TreeSink(dest, preserve_owner=preserve_owner, preserve_special=preserve_special, sync=not no_sync)
+    sink = TreeSink(dest, preserve_owner=preserve_owner, preserve_special=preserve_special, sync=not no_sync,
+                    encoded_writes=not no_raw)
     keyring = _load_keyring(key_files)
     bar = Progress(progress, "receive")
     started = time.monotonic()
@@ -228,6 +267,10 @@ def receive(dest, input_path, key_files, preserve_owner, preserve_special, max_b
         extra.append(f"{sink.report.skipped_xattrs} xattrs not set")
     if sink.report.stripped_modes:
         extra.append(f"{sink.report.stripped_modes} setuid/setgid bits dropped (--preserve-owner)")
+    if sink.report.encoded_extents or sink.report.decoded_extents:
+        reasons = _reasons(sink.report.decoded_reasons)
+        extra.append(f"{sink.report.encoded_extents} extents written encoded, {sink.report.decoded_extents} decoded"
+                     + (f" ({reasons})" if reasons else ""))
     _err(f"received {stats.files} files, {stats.dirs} dirs, {stats.symlinks} symlinks, "
          f"{stats.hardlinks} hard links, {_human(stats.logical_bytes)} of data "
          f"({stats.extents} extents, {_human(stats.stream_bytes)} of stream) into {dest} in {elapsed:.2f} s"
