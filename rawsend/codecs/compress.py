@@ -100,6 +100,14 @@ def _decode_zstd(payload, limit: int) -> bytes:
         raise DecodeError(f"zstd frame header: {e}") from None
     if params.content_size not in (zstandard.CONTENTSIZE_UNKNOWN,) and params.content_size > limit:
         raise DecodeError(f"zstd frame declares {params.content_size} bytes, over unencoded_len {limit}")
+    # btrfs pads extents with zeros to the sector size: only zeros may follow the frame
+    size = _zstd_frame_size(payload, zstandard.frame_header_size(payload), params.has_checksum)
+    if size > len(payload):
+        raise DecodeError(f"zstd frame is cut short: its blocks need {size} bytes, the payload has {len(payload)}")
+    tail = bytes(payload[size:])
+    if tail.count(0) != len(tail):
+        raise DecodeError(f"data after the end of the zstd frame (at payload byte {size})")
+    payload = memoryview(payload)[:size]
     try:
         reader = _zstd_decompressor().stream_reader(payload, read_across_frames=False)
         out = reader.read(limit + 1)
@@ -108,6 +116,19 @@ def _decode_zstd(payload, limit: int) -> bytes:
     except zstandard.ZstdError as e:
         raise DecodeError(f"zstd: {e}") from None
     return out
+
+
+def _zstd_frame_size(payload, header_size: int, has_checksum: bool) -> int:
+    """Length of the zstd frame at the start of payload, from its block headers (RFC 8878
+    section 3.1.1.2, as ZSTD_findFrameCompressedSize). More than len(payload) when the
+    frame is cut short: the decoder would otherwise return what it has, without an error."""
+    pos = header_size
+    while pos + 3 <= len(payload):
+        block = int.from_bytes(payload[pos:pos + 3], "little")  # last bit, type (2 bits), size (21 bits)
+        pos += 3 + (1 if (block >> 1) & 3 == 1 else block >> 3)  # an RLE block holds one byte
+        if block & 1:
+            return pos + (4 if has_checksum else 0)
+    return len(payload) + 1  # no last block
 
 
 def _decode_zlib(payload, limit: int) -> bytes:
