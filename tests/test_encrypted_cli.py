@@ -186,7 +186,7 @@ def test_verify_with_the_key_finds_a_flipped_payload_bit_the_keyless_check_canno
     assert keyless.stdout.startswith(b"intact, NOT authenticated")
     keyed = run_rawsend("verify", "--key-file", str(keys[0]), str(forged))
     assert keyed.returncode == 1
-    assert f"authentication failed: the payload of the extent".encode() in keyed.stderr
+    assert b"authentication failed: the payload of the extent" in keyed.stderr
     assert f"at record {index}, byte offset {spans[index][0]}".encode() in keyed.stderr
 
 
@@ -229,7 +229,7 @@ def test_rekey_output_opens_with_the_new_key_only_and_keeps_every_payload(tmp_pa
     assert header_b.salt != header_a.salt
     assert len(records_a) == len(records_b)
     extents = 0
-    for (ta, fa, ba, pa, ea, na), (tb, fb, bb, pb, eb, nb) in zip(records_a, records_b):
+    for (ta, fa, ba, pa, ea, na), (tb, fb, bb, pb, eb, nb) in zip(records_a, records_b, strict=True):
         assert (ta, fa, ba, pa) == (tb, fb, bb, pb)  # type, flags, body and payload lengths
         if ea is not None:
             extents += 1

@@ -212,8 +212,7 @@ def damaged(good: bytes) -> dict[str, tuple[bytes, str, str]]:
                                 "a sealed set_xattr record repeated right after itself")
     out["truncated"] = (good[:end_start], "test.key", "the stream cut off right before END")
     out["truncated_forged_end"] = (refinish(good[:spans[-4][0]] + good[end_start:]), "test.key",
-                                   "the last three records before END dropped and END's counts and digest"
-                                   " recomputed")
+                                   "the last three records before END dropped, END's counts and digest recomputed")
 
     other = build(stream_id=OTHER_STREAM_ID)  # the same tree under the same key, another stream
     first = extents[0]
