@@ -292,11 +292,14 @@ class Store:
         """Remove temporaries whose writing process is gone (a receive killed or cut off)."""
         removed = []
         with self.locked():  # no index temp is half-written while the lock is held
-            for name in os.listdir(self.tmp):
-                pid = name.split("-", 1)[0]
-                if pid.isdigit() and not _pid_alive(int(pid)):
-                    _unlink(self.tmp / name)
-                    removed.append(self.tmp / name)
+            try:
+                for name in os.listdir(self.tmp):
+                    pid = name.split("-", 1)[0]
+                    if pid.isdigit() and not _pid_alive(int(pid)):
+                        _unlink(self.tmp / name)
+                        removed.append(self.tmp / name)
+            except OSError as e:
+                raise os_error(e, "cannot clean up temporary files", self.tmp) from None
         return removed
 
     def remove_orphans(self) -> list[Path]:
