@@ -232,7 +232,7 @@ def receive(stream, sink, *, keyring=None, limits: Limits | None = None, require
                     opener.check_end(reader.header_body, reader.end, raw.index, raw.offset)
                     stats.authenticated = True
                 if opener is not None or not stats.encrypted:
-                    checker.finish(raw.index)
+                    checker.finish(raw.index, raw.offset)
                 stats.records = reader.record_count + 1
                 stats.stream_bytes = reader.offset
                 if on_record:

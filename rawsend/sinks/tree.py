@@ -28,6 +28,7 @@ DIR_FD_CACHE = 64
 # compressions btrfs stores as they are (zlib, zstd, LZO for each sector size)
 BTRFS_COMPRESSIONS = range(Compression.ZLIB, Compression.LZO_4K + 5)
 TEMP_MARK = ".rawsend-"
+CAPABILITY_XATTR = b"security.capability"
 
 
 @dataclass
@@ -211,8 +212,8 @@ class TreeSink:
         if rec.file_id == ROOT_ID:
             self._dirs.append(ROOT_ID)
             return
-        parent_fd = self._dir_fd(rec.parent_id)
         try:
+            parent_fd = self._dir_fd(rec.parent_id)  # O_NOFOLLOW: a symlink here is an error
             if rec.type == RecordType.MKDIR:
                 os.mkdir(rec.name, 0o700, dir_fd=parent_fd)
                 self._dirs.append(rec.file_id)
@@ -222,6 +223,8 @@ class TreeSink:
                                        | os.O_CLOEXEC, 0o600, dir_fd=parent_fd)
                 if rec.size:
                     os.ftruncate(self._cur_fd, rec.size)
+                if self.preserve_owner:  # before its xattrs: chown clears security.capability
+                    os.fchown(self._cur_fd, rec.uid, rec.gid)
             elif rec.type == RecordType.SYMLINK:
                 os.symlink(rec.target, rec.name, dir_fd=parent_fd)
                 self._apply_symlink_meta(rec, parent_fd)
@@ -258,6 +261,10 @@ class TreeSink:
 
     def xattr(self, rec: SetXattr) -> None:
         cur = self._cur_rec
+        if rec.name == CAPABILITY_XATTR and not self.preserve_owner:
+            # file capabilities are privileges, like setuid bits: only with the owner
+            self._skip_xattr(rec, "file capabilities need --preserve-owner")
+            return
         try:
             if cur.type == RecordType.MKFILE:
                 os.setxattr(self._cur_fd, rec.name, rec.value)
@@ -270,13 +277,17 @@ class TreeSink:
             else:
                 self.report.skipped_xattrs += 1
         except OSError as e:
-            if e.errno in (errno.EPERM, errno.ENOTSUP, errno.EACCES, errno.EINVAL):
-                self.report.skipped_xattrs += 1
-                if len(self.report.warnings) < 20:
-                    self.report.warnings.append(f"{self._path(rec.file_id)}: xattr "
-                                                f"{os.fsdecode(rec.name)} not set: {e.strerror}")
+            # ENOSPC, E2BIG, ERANGE: more or larger xattrs than this filesystem holds (ext4)
+            if e.errno in (errno.EPERM, errno.ENOTSUP, errno.EACCES, errno.EINVAL, errno.ENOSPC,
+                           errno.E2BIG, errno.ERANGE):
+                self._skip_xattr(rec, e.strerror)
             else:
                 raise self._os_error(e, rec.file_id) from None
+
+    def _skip_xattr(self, rec: SetXattr, why: str) -> None:
+        self.report.skipped_xattrs += 1
+        if len(self.report.warnings) < 20:
+            self.report.warnings.append(f"{self._path(rec.file_id)}: xattr {os.fsdecode(rec.name)} not set: {why}")
 
     def wants_encoded(self, rec: Extent) -> bool:
         # Every compressed extent comes here still encoded: extent_encoded() writes it
@@ -339,8 +350,6 @@ class TreeSink:
         rec, fd = self._cur_rec, self._cur_fd
         self._cur_fd = -1
         try:
-            if self.preserve_owner:
-                os.fchown(fd, rec.uid, rec.gid)
             os.fchmod(fd, self._mode(rec))
             os.utime(fd, ns=(rec.atime_ns, rec.mtime_ns))
         except OSError as e:

@@ -16,7 +16,7 @@ from rawsend.stream.records import ROOT_ID, Create, Extent, Link, RecordType, Se
 class Limits:
     """Caps a receiver enforces on top of the format's own (spec section "Limits")."""
 
-    max_files: int = 10_000_000
+    max_files: int = 10_000_000  # names: every create record and every hard link
     max_depth: int = 512
     max_xattrs_per_file: int = 1024
     max_xattr_bytes_per_file: int = 1 << 20
@@ -40,6 +40,7 @@ class StreamChecker:
     xattr_count: int = 0
     xattr_bytes: int = 0
     declared_bytes: int = 0
+    links: int = 0
 
     def check(self, rec, index: int) -> None:
         if isinstance(rec, Create):
@@ -63,14 +64,13 @@ class StreamChecker:
             raise RecordOrderError(f"file id {rec.file_id}, expected the next id {expected}", record=index)
         if not self.inodes and rec.type != RecordType.MKDIR:
             raise RecordOrderError("the first record after the header must create the root", record=index)
-        if len(self.inodes) >= self.limits.max_files:
-            raise LimitExceeded(f"more than {self.limits.max_files} files", record=index,
-                                hint="raise --max-files if this stream is trusted")
+        self._count_name(index)
         depth = 0
         if rec.file_id != ROOT_ID:
             depth = self._parent(rec.parent_id, index).depth + 1
             if depth > self.limits.max_depth:
-                raise LimitExceeded(f"directory depth over {self.limits.max_depth}", record=index)
+                raise LimitExceeded(f"directory depth over {self.limits.max_depth}", record=index,
+                                    hint="raise --max-depth if this stream is trusted")
         if rec.type == RecordType.MKFILE:
             self.declared_bytes += rec.size
             if self.declared_bytes > self.limits.max_bytes:
@@ -85,7 +85,14 @@ class StreamChecker:
             raise RecordOrderError(f"link to file id {rec.file_id}, which is not a regular file created"
                                    " earlier in this stream", record=index)
         self._parent(rec.parent_id, index)
+        self._count_name(index)
+        self.links += 1
         self.current = 0  # records after a link do not continue the previous file
+
+    def _count_name(self, index: int) -> None:
+        if len(self.inodes) + self.links >= self.limits.max_files:
+            raise LimitExceeded(f"more than {self.limits.max_files} files", record=index,
+                                hint="raise --max-files if this stream is trusted")
 
     def _extent(self, rec: Extent, index: int) -> None:
         inode = self.inodes.get(rec.file_id)
@@ -113,6 +120,7 @@ class StreamChecker:
             raise LimitExceeded(f"xattrs of one file over {self.limits.max_xattr_bytes_per_file} bytes",
                                 record=index)
 
-    def finish(self, index: int) -> None:
+    def finish(self, index: int, offset: int | None = None) -> None:
         if not self.inodes:
-            raise RecordOrderError("the stream ends without creating its root directory", record=index)
+            raise RecordOrderError("the stream ends without creating its root directory", record=index,
+                                   offset=offset)
