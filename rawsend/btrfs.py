@@ -385,7 +385,7 @@ def encoded_write_refusal(
 def refusal_kind(reason: str) -> str:
     """A refusal reason without its numbers ("offset N not sector aligned"),
     so refusals can be counted by kind."""
-    return re.sub(r"\d+", "N", reason)
+    return re.sub(r"\b\d+\b", "N", reason)
 
 
 # --------------------------------------------------------------------------
