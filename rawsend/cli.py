@@ -215,16 +215,21 @@ def _btrfs_send_summary(report) -> str:
               help="Apply the stream's uid/gid and setuid/setgid bits (default: when root).")
 @click.option("--preserve-special", is_flag=True,
               help="Create FIFOs, and device nodes when root (default: skip them).")
-@click.option("--max-bytes", type=int, default=None, help="Refuse streams whose files declare more bytes.")
-@click.option("--max-files", type=int, default=None, help="Refuse streams with more files.")
+@click.option("--max-bytes", type=click.IntRange(0), default=None,
+              help="Refuse streams whose files declare more bytes in all (default 2^50, 1 PiB).")
+@click.option("--max-files", type=click.IntRange(1), default=None,
+              help="Refuse streams with more names: files, dirs, links (default 10,000,000).")
+# receiving at depth N nests N Python frames (fd cache refills, cleanup): 800 stays clear of the limit
+@click.option("--max-depth", type=click.IntRange(1, 800), default=None,
+              help="Refuse streams nesting directories deeper (default 512, at most 800).")
 @click.option("--no-sync", is_flag=True, help="Do not syncfs before renaming into place.")
 @click.option("--no-raw", is_flag=True,
               help="Decode compressed extents and write plain bytes, even where btrfs could take them as they are.")
 @click.option("--progress/--no-progress", default=None, help="Progress on stderr (default: when a terminal).")
 @click.option("--store", "into_store", is_flag=True,
               help="DEST is a store (created if missing): keep the stream verbatim, encrypted or not; no key needed.")
-def receive(dest, input_path, key_files, preserve_owner, preserve_special, max_bytes, max_files, no_sync,
-            no_raw, progress, into_store):
+def receive(dest, input_path, key_files, preserve_owner, preserve_special, max_bytes, max_files, max_depth,
+            no_sync, no_raw, progress, into_store):
     """Rebuild the tree from a stream on stdin into DEST (which must not exist, or be empty).
 
     With --store, add the stream as it is to the store DEST instead.
@@ -239,6 +244,8 @@ def receive(dest, input_path, key_files, preserve_owner, preserve_special, max_b
         limits.max_bytes = max_bytes
     if max_files is not None:
         limits.max_files = max_files
+    if max_depth is not None:
+        limits.max_depth = max_depth
     if into_store:
         given = [name for name, value in (("--key-file", key_files), ("--preserve-owner", preserve_owner is not None),
                                           ("--preserve-special", preserve_special), ("--no-sync", no_sync)) if value]

@@ -752,3 +752,29 @@ def test_default_limits_never_bother_a_normal_tree(box):
     data, _ = tree_stream(*records)
     box.accept(data)
     assert len(os.listdir(box.dest)) == 2002
+
+
+def test_the_largest_depth_the_flag_allows_receives_and_cleans_up(box):
+    limits = Limits(max_depth=800)
+    wide = [mkdir(801 + i, 1, b"w%d" % i) for i in range(80)]
+    data, _ = tree_stream(*_chain(799), *wide, mkfile(881, 800, b"leaf", 2), plain_extent(881, 0, b"ok"))
+    box.accept(data, limits=limits)
+    data, at = tree_stream(*_chain(700), plain_extent(2, 0, b"x"))  # fails deep: the cleanup is deep too
+    _refuse_in_fresh_box(box, data, RecordOrderError, at[-1], limits=limits)
+
+
+@pytest.mark.parametrize("flag,value,records", [
+    ("--max-files", "3", [mkfile(2, 1, b"a"), mkfile(3, 1, b"b"), Link(3, 1, b"c")]),
+    ("--max-depth", "2", _chain(3)),
+    ("--max-bytes", "10", [mkfile(2, 1, b"a", 6), mkfile(3, 1, b"b", 6)]),
+])
+def test_cli_limit_flags(box, flag, value, records):
+    from tests.conftest import run_rawsend
+    data, at = tree_stream(*records)
+    proc = run_rawsend("receive", "--no-sync", flag, value, str(box.dest), input=data)
+    err = proc.stderr.decode()
+    assert proc.returncode == 1 and "limit exceeded" in err and flag in err, err
+    assert f"record {at[-1].index}, byte offset {at[-1].offset}" in err
+    assert not box.dest.exists() and set(os.listdir(box.root)) == {"outside"}
+    proc = run_rawsend("receive", "--no-sync", flag, str(int(value) * 2), str(box.dest), input=data)
+    assert proc.returncode == 0, proc.stderr.decode()
