@@ -561,3 +561,81 @@ def test_lzo_decode_without_python_lzo_names_the_extra(monkeypatch, tmp_path):
         receive(stream, TreeSink(dest))
     assert "rawsend[lzo]" in str(info.value) and info.value.record == 3
     assert not dest.exists() and os.listdir(tmp_path) == []
+
+
+# -- the receiver's checks before ENCODED_WRITE, and the decode fallback's arithmetic -----------
+
+def crafted_stream(size: int, extents: list[tuple[int, int, int, bytes]]) -> io.BytesIO:
+    """One file of `size` bytes with zstd extents (offset, num_bytes, unencoded_offset, plain data)."""
+    import zstandard
+
+    from rawsend.pipeline import EncodedChunk, send
+    from rawsend.stream.records import ROOT_ID, Create
+
+    items = [Create(RecordType.MKDIR, ROOT_ID, 0, b"", 0o40755, 0, 0, 0, 0),
+             Create(RecordType.MKFILE, 2, ROOT_ID, b"f", 0o100644, 0, 0, 0, 0, size=size)]
+    for offset, num_bytes, unencoded_offset, plain in extents:
+        frame = zstandard.ZstdCompressor().compress(plain)
+        items.append(EncodedChunk(Extent(2, offset, num_bytes, len(plain), unencoded_offset, len(frame),
+                                         btrfs.COMPRESSION_ZSTD), frame))
+    stream = io.BytesIO()
+    send(items, stream.write, threads=1)
+    stream.seek(0)
+    return stream
+
+
+def test_extents_btrfs_refuses_are_decoded_exactly(dest_fs):
+    from rawsend.pipeline import receive
+    from rawsend.sinks.tree import TreeSink
+
+    a, b, c = text(8 * KiB, seed=8), text(16 * KiB, seed=9), text(4 * KiB, seed=10)
+    size = 64 * KiB + 1000
+    extents = [
+        (0, 1000, 0, a),               # ends unaligned before the end of the file
+        (8 * KiB, 4 * KiB, 100, b),    # unaligned unencoded_offset
+        (16 * KiB, 8 * KiB, 4 * KiB, b),  # mid-extent piece, aligned: verbatim
+        (64 * KiB, 1000, 0, c),        # unaligned end at the end of the file: verbatim
+    ]
+    sink = TreeSink(dest_fs / "crafted")
+    receive(crafted_stream(size, extents), sink)
+    assert sink.report.encoded_extents == 2
+    assert sink.report.decoded_reasons == {
+        "end N not sector aligned and before file size N": 1,
+        "unencoded_offset N not sector aligned": 1,
+    }
+    want = bytearray(size)
+    for offset, num_bytes, unencoded_offset, plain in extents:
+        want[offset:offset + num_bytes] = plain[unencoded_offset:unencoded_offset + num_bytes]
+    path = dest_fs / "crafted" / "f"
+    assert path.read_bytes() == want
+    assert data_ranges(path) == [(0, 4 * KiB), (8 * KiB, 12 * KiB), (16 * KiB, 24 * KiB), (64 * KiB, size)]
+    got = on_disk(path).compressed
+    assert [(e[0], e[1], e[2], e[3]) for e in got] == [(16 * KiB, 8 * KiB, 16 * KiB, 4 * KiB),
+                                                       (64 * KiB, 1000, 4 * KiB, 0)]
+
+
+def test_nocow_destination_is_decoded_without_trying(source, dest_fs):
+    parent = dest_fs / f"nocow-{source.name}"
+    parent.mkdir()
+    run("chattr", "+C", str(parent))   # inherited by the receive's files: no checksums, no encoded writes
+    dst = parent / "out"
+    _, received = send_receive(source.snap, dst)
+    assert_same_tree(source.snap, dst)
+    assert compressed_extent_count(dst) == 0
+    n = raw_extent_count(source.snap)
+    assert receive_counts(received) == (0, n, f"destination file has no data checksums (nodatasum/nocow): {n}")
+
+
+def test_receiver_without_cap_sys_admin_decodes(dest_fs, tmp_path):
+    drop = ("setpriv", "--bounding-set=-sys_admin", "--inh-caps=-sys_admin")
+    if subprocess.run([*drop, "true"]).returncode != 0:
+        pytest.skip("setpriv cannot drop CAP_SYS_ADMIN here")
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.txt").write_bytes(text(200 * KiB, seed=11))
+    stream = ok(rawsend("send", str(src))).stdout
+    dst = dest_fs / "nocap-receiver"
+    proc = ok(rawsend("receive", str(dst), stdin=stream, prefix=drop))
+    assert_same_tree(src, dst)
+    assert compressed_extent_count(dst) == 0
+    assert receive_counts(proc.stderr.decode()) == (0, 2, "no CAP_SYS_ADMIN for encoded writes (run as root): 2")
