@@ -133,8 +133,7 @@ class Case:
     logical: int = 0                        # logical bytes the case moves
     files: int = 0                          # regular files it moves (for files/s), 0: not shown
     stdout: str | None = None               # where the last stage writes
-    dest: Path | None = None                # cleared before each run; its filesystem synced after
-    sync: Path | None = None                # what to syncfs, when not dest's parent
+    sync: Path | None = None                # a filesystem the case writes to: syncfs'd inside the timing
     peer: str | None = None                 # the case this one is compared with
     rawsend: bool = False
     skip: str | None = None                 # why it does not run
@@ -142,11 +141,6 @@ class Case:
     after: Callable[[], None] | None = None
     samples: list[Sample] = field(default_factory=list)
     error: str | None = None
-
-    def sync_path(self) -> Path | None:
-        if self.sync is not None:
-            return self.sync
-        return self.dest.parent if self.dest is not None else None
 
     def median(self) -> dict | None:
         if not self.samples:
@@ -222,35 +216,42 @@ def ensure_tools() -> None:
 
 
 def tree_cases(rawsend: str, src: Path, m: dict, small: Path, ms: dict, huge: Path, mh: dict,
-               stream: Path, tmp: Path, enc_skip: str | None, key: Path, store_skip: str | None) -> list[Case]:
-    dst = tmp / "dst"
-    store = tmp / "store"
+               stream: Path, dest: "Destination", enc_skip: str | None, key: Path, store_skip: str | None,
+               relay_store: Path) -> list[Case]:
+    D = dest.path
+    dst, store = D / "tree", D / "store"
     L, F = m["logical_bytes"], m["files"]
     no_tool = {t: f"{t} is not installed" for t in ("zstd", "openssl") if shutil.which(t) is None}
     peer_tool_skip = no_tool.get("zstd") or no_tool.get("openssl")
     zstd_enc = [["zstd", "-q", "-1", "-T2"], ["openssl", "enc", "-aes-256-ctr", "-pbkdf2", "-pass", PASSPHRASE]]
     unenc_unzstd = [["openssl", "enc", "-d", "-aes-256-ctr", "-pbkdf2", "-pass", PASSPHRASE], ["zstd", "-q", "-d"]]
 
-    def mkdst() -> None:
+    def fresh() -> None:
+        dest.fresh()
+
+    def fresh_dir() -> None:  # tar -x wants its directory to exist
+        dest.fresh()
         dst.mkdir()
 
+    w = dict(before=fresh, sync=D)         # every case that writes gets a fresh destination
+    wt = dict(before=fresh_dir, sync=D)
     cases = [
         # the pipe limit: the same stream, moved by cat
         Case("cat-file", "pipe", "cat STREAM | cat > FILE", [["cat", str(stream)], ["cat"]], L,
-             stdout=str(tmp / "dst-file"), dest=tmp / "dst-file"),
+             stdout=str(D / "stream.copy"), **w),
         Case("cat-null", "pipe", "cat STREAM | cat > /dev/null", [["cat", str(stream)], ["cat"]], L),
         # whole tree into a directory
         Case("rs-zstd", "tree", "rawsend send | rawsend receive DIR", [[rawsend, "send", str(src)],
-             [rawsend, "receive", str(dst)]], L, F, dest=dst, peer="tar-tar", rawsend=True),
+             [rawsend, "receive", str(dst)]], L, F, peer="tar-tar", rawsend=True, **w),
         Case("rs-lz4", "tree", "rawsend send --compress lz4 | rawsend receive DIR",
              [[rawsend, "send", "--compress", "lz4", str(src)], [rawsend, "receive", str(dst)]], L, F,
-             dest=dst, peer="tar-tar", rawsend=True),
+             peer="tar-tar", rawsend=True, **w),
         Case("rs-recv", "tree", "cat STREAM | rawsend receive DIR", [["cat", str(stream)],
-             [rawsend, "receive", str(dst)]], L, F, dest=dst, peer="tar-tar", rawsend=True),
+             [rawsend, "receive", str(dst)]], L, F, peer="tar-tar", rawsend=True, **w),
         Case("rs-send", "tree", "rawsend send > /dev/null", [[rawsend, "send", str(src)]], L, F,
              rawsend=True),
         Case("tar-tar", "tree", "tar -c | tar -x", [["tar", "-C", str(src), "-cf", "-", "."],
-             ["tar", "-C", str(dst), "-xf", "-"]], L, F, dest=dst, before=mkdst),
+             ["tar", "-C", str(dst), "-xf", "-"]], L, F, **wt),
         # encrypted
         Case("rs-enc-send", "encrypted", "rawsend send --encrypt --level 1 > /dev/null",
              [[rawsend, "send", "--encrypt", str(key), "--level", "1", str(src)]], L, F,
@@ -259,42 +260,40 @@ def tree_cases(rawsend: str, src: Path, m: dict, small: Path, ms: dict, huge: Pa
              [["tar", "-C", str(src), "-cf", "-", "."], *zstd_enc], L, F, skip=peer_tool_skip),
         Case("rs-enc", "encrypted", "rawsend send --encrypt --level 1 | rawsend receive --key-file DIR",
              [[rawsend, "send", "--encrypt", str(key), "--level", "1", str(src)],
-              [rawsend, "receive", "--key-file", str(key), str(dst)]], L, F, dest=dst,
-             peer="tar-zstd-enc-rt", rawsend=True, skip=enc_skip),
+              [rawsend, "receive", "--key-file", str(key), str(dst)]], L, F,
+             peer="tar-zstd-enc-rt", rawsend=True, skip=enc_skip, **w),
         Case("tar-zstd-enc-rt", "encrypted", "tar -c | zstd | openssl enc | openssl enc -d | zstd -d | tar -x",
              [["tar", "-C", str(src), "-cf", "-", "."], *zstd_enc, *unenc_unzstd,
-              ["tar", "-C", str(dst), "-xf", "-"]], L, F, dest=dst, before=mkdst, skip=peer_tool_skip),
+              ["tar", "-C", str(dst), "-xf", "-"]], L, F, skip=peer_tool_skip, **wt),
         # store (a relay: keeps payloads verbatim)
         Case("rs-store", "store", "rawsend send | rawsend receive --store", [[rawsend, "send", str(src)],
-             [rawsend, "receive", "--store", str(store)]], L, F, dest=store, peer="cat-file",
-             rawsend=True, skip=store_skip),
+             [rawsend, "receive", "--store", str(store)]], L, F, peer="cat-file",
+             rawsend=True, skip=store_skip, **w),
         Case("rs-store-recv", "store", "cat STREAM | rawsend receive --store", [["cat", str(stream)],
-             [rawsend, "receive", "--store", str(store)]], L, F, dest=store, peer="cat-file",
-             rawsend=True, skip=store_skip),
-        Case("rs-store-send", "store", "rawsend send STORE > /dev/null", [[rawsend, "send", str(store)]], L, F,
-             peer="cat-null", rawsend=True, skip=store_skip,
-             before=None if store_skip else (lambda: _fill_store(rawsend, stream, store))),
+             [rawsend, "receive", "--store", str(store)]], L, F, peer="cat-file",
+             rawsend=True, skip=store_skip, **w),
+        Case("rs-store-send", "store", "rawsend send STORE > /dev/null", [[rawsend, "send", str(relay_store)]],
+             L, F, peer="cat-null", rawsend=True, skip=store_skip),
         # many small files
         Case("rs-small", "small files", f"rawsend send | rawsend receive DIR ({ms['files']} files)",
              [[rawsend, "send", str(small)], [rawsend, "receive", str(dst)]], ms["logical_bytes"], ms["files"],
-             dest=dst, peer="tar-small", rawsend=True),
+             peer="tar-small", rawsend=True, **w),
         Case("tar-small", "small files", f"tar -c | tar -x ({ms['files']} files)",
              [["tar", "-C", str(small), "-cf", "-", "."], ["tar", "-C", str(dst), "-xf", "-"]],
-             ms["logical_bytes"], ms["files"], dest=dst, before=mkdst),
+             ms["logical_bytes"], ms["files"], **wt),
         # bounded memory: one multi-GiB sparse file with data spread over it
         Case("rs-huge", "memory", f"rawsend send | rawsend receive DIR (one {mh['logical_bytes'] / 2**30:.0f} GiB "
              f"sparse file, {mh['data_bytes'] / 2**20:.0f} MiB data)",
              [[rawsend, "send", str(huge)], [rawsend, "receive", str(dst)]], mh["logical_bytes"], 1,
-             dest=dst, peer="rs-zstd", rawsend=True),
+             peer="rs-zstd", rawsend=True, **w),
     ]
     return cases
 
 
-def _fill_store(rawsend: str, stream: Path, store: Path) -> None:
-    if not store.exists():
-        with open(stream, "rb") as f:
-            subprocess.run([rawsend, "receive", "--store", str(store)], stdin=f, check=True,
-                           stderr=subprocess.DEVNULL)
+def fill_store(rawsend: str, stream: Path, store: Path) -> None:
+    with open(stream, "rb") as f:
+        subprocess.run([rawsend, "receive", "--store", str(store)], stdin=f, check=True,
+                       stderr=subprocess.DEVNULL)
 
 
 # -- btrfs loop images ---------------------------------------------------------------------------
@@ -308,11 +307,11 @@ def btrfs_unavailable() -> str | None:
     return None
 
 
-class LoopBtrfs:
-    """A sparse image on a loop device (direct I/O: no second page-cache copy), btrfs, mounted."""
+class LoopFs:
+    """A sparse image on a loop device (direct I/O: no second page-cache copy), formatted and mounted."""
 
-    def __init__(self, img: Path, size: int, options: str):
-        self.img, self.size, self.options = img, size, options
+    def __init__(self, img: Path, size: int, mkfs: list[str], options: str = ""):
+        self.img, self.size, self.mkfs, self.options = img, size, mkfs, options
         self.mnt = img.with_suffix(".mnt")
         self.dev: str | None = None
 
@@ -320,16 +319,23 @@ class LoopBtrfs:
         self._clean()
         with open(self.img, "wb") as f:
             f.truncate(self.size)
-        subprocess.run(["mkfs.btrfs", "-q", "-f", str(self.img)], check=True)
         self.dev = subprocess.run(["losetup", "--find", "--show", "--direct-io=on", str(self.img)],
                                   check=True, capture_output=True, text=True).stdout.strip()
         self.mnt.mkdir(exist_ok=True)
-        subprocess.run(["mount", "-o", self.options, self.dev, str(self.mnt)], check=True)
+        self.format()
         return self.mnt
+
+    def format(self) -> None:
+        """A new, empty filesystem at the mount point."""
+        if os.path.ismount(self.mnt):
+            subprocess.run(["umount", str(self.mnt)], check=True)
+        subprocess.run([*self.mkfs, self.dev], check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(["mount", *(["-o", self.options] if self.options else []), self.dev, str(self.mnt)],
+                       check=True)
 
     def __exit__(self, *exc) -> None:
         if self.dev is not None:
-            subprocess.run(["umount", str(self.mnt)], check=False)
+            subprocess.run(["umount", str(self.mnt)], check=False, stderr=subprocess.DEVNULL)
             subprocess.run(["losetup", "-d", self.dev], check=False)
             self.dev = None
         self._clean()
@@ -340,6 +346,43 @@ class LoopBtrfs:
         if self.mnt.exists():
             self.mnt.rmdir()
         self.img.unlink(missing_ok=True)
+
+
+MKFS_BTRFS = ["mkfs.btrfs", "-q", "-f"]
+# inode tables and journal written now, not by a background thread during the runs
+MKFS_EXT4 = ["mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0,nodiscard"]
+
+
+class Destination:
+    """Where the tree cases write: a new ext4 for every run when root, else a directory in bench/work.
+
+    A new filesystem each run matters: ext4 skips inodes freed in the last
+    minutes when it allocates (recently_deleted), so creating 20,000 files
+    right after deleting the previous run's costs ~200 us each instead of ~8.
+    """
+
+    def __init__(self, work: Path, size: int):
+        self.loop = None
+        if os.geteuid() == 0 and shutil.which("mkfs.ext4") and shutil.which("losetup"):
+            self.loop = LoopFs(work / "dst-ext4.img", size, MKFS_EXT4)
+            self.path = self.loop.__enter__()
+            self.kind = "a new ext4 (loop, direct I/O) for every run"
+        else:
+            self.path = work / "dst"
+            self.path.mkdir(parents=True, exist_ok=True)
+            self.kind = f"a directory in {work} (not root: no loop mounts; ext4 slows creates after deletes)"
+
+    def fresh(self) -> None:
+        if self.loop is not None:
+            self.loop.format()
+        else:
+            for p in list(self.path.iterdir()):
+                _rm(p)
+
+    def close(self) -> None:
+        if self.loop is not None:
+            self.loop.__exit__()
+            self.loop = None
 
 
 def btrfs_cases(rawsend: str, snap: Path, dst: Path, m: dict, native: bool) -> list[Case]:
@@ -373,21 +416,17 @@ def drop_caches() -> None:
 
 
 def run_case(case: Case, cold: bool) -> None:
-    if case.dest is not None and case.group != "btrfs":
-        _rm(case.dest)
     if case.before:
         case.before()
     if cold:
         drop_caches()
     try:
-        case.samples.append(run_pipeline(case.stages, case.stdout, case.sync_path()))
+        case.samples.append(run_pipeline(case.stages, case.stdout, case.sync))
     except PipelineFailed as e:
         case.error = str(e)
     finally:
         if case.after:
             case.after()
-        if case.dest is not None and case.group != "btrfs":
-            _rm(case.dest)
 
 
 def machine() -> dict:
@@ -456,7 +495,8 @@ def report(cases: list[Case], info: dict, args) -> dict:
     print(f"\nrawsend bench: scale {args.scale:g}, {args.reps} runs each, median; "
           f"{'cold' if args.cold else 'warm'} caches")
     print(f"machine: {info['cores']} cores, {info['cpu']}, Linux {info['kernel']}, "
-          f"{info['memory_gib']} GiB RAM, work dir on {info['filesystem']}; Python {info['python']}\n")
+          f"{info['memory_gib']} GiB RAM, corpus on {info['filesystem']}; Python {info['python']}")
+    print(f"tree cases write into {info['destination']}\n")
     head = f"{'case':<16} {'wall s':>7} {'MB/s':>7} {'files/s':>8} {'CPU s':>6} {'RSS MiB':>7}  {'vs peer':<28} command"
     print(head)
     print("-" * len(head))
@@ -530,8 +570,9 @@ def main(argv=None) -> int:
     subprocess.run([rawsend, "send", "-o", str(stream), str(src)], check=True, stderr=subprocess.DEVNULL)
     enc_skip, key = probe_encrypt(rawsend, tmp)
     store_skip = probe_store(rawsend, tmp)
-
-    cases = tree_cases(rawsend, src, m, small, ms, huge, mh, stream, tmp, enc_skip, key, store_skip)
+    relay_store = tmp / "relay-store"
+    if store_skip is None:
+        fill_store(rawsend, stream, relay_store)
     bt_skip = "--no-btrfs" if args.no_btrfs else btrfs_unavailable()
     wanted = set(filter(None, args.only.split(",")))
 
@@ -541,20 +582,26 @@ def main(argv=None) -> int:
         names = wanted | {c.peer for c in all_cases if c.name in wanted and c.peer}
         return [c for c in all_cases if c.name in names]
 
-    cases = selected(cases)
     started = time.monotonic()
-    with BtrfsPair(args.scale, src, bt_skip) as pair:
-        if pair.skip is None:
-            native = (REPO / "rawsend" / "sources" / "btrfs.py").exists()
-            cases += selected(btrfs_cases(rawsend, pair.snap, pair.dst, m, native))
-        else:
-            cases.append(Case("bt-rs", "btrfs", "rawsend vs btrfs send | btrfs receive", skip=pair.skip))
-        for rep in range(args.reps):
-            for c in cases:
-                if c.skip or c.error:
-                    continue
-                print(f"run {rep + 1}/{args.reps}: {c.name}", file=sys.stderr, flush=True)
-                run_case(c, args.cold)
+    dest = Destination(tmp, max(1 << 30, int(3 * args.scale * (1 << 30)) + (512 << 20)))
+    info["destination"] = dest.kind
+    try:
+        cases = selected(tree_cases(rawsend, src, m, small, ms, huge, mh, stream, dest, enc_skip, key,
+                                    store_skip, relay_store))
+        with BtrfsPair(args.scale, src, bt_skip) as pair:
+            if pair.skip is None:
+                native = (REPO / "rawsend" / "sources" / "btrfs.py").exists()
+                cases += selected(btrfs_cases(rawsend, pair.snap, pair.dst, m, native))
+            else:
+                cases.append(Case("bt-rs", "btrfs", "rawsend vs btrfs send | btrfs receive", skip=pair.skip))
+            for rep in range(args.reps):
+                for c in cases:
+                    if c.skip or c.error:
+                        continue
+                    print(f"run {rep + 1}/{args.reps}: {c.name}", file=sys.stderr, flush=True)
+                    run_case(c, args.cold)
+    finally:
+        dest.close()
     info["bench_seconds"] = round(time.monotonic() - started, 1)
     out = report(cases, info, args)
     out["corpus"] = dict(main=m, small=ms, huge=mh, stream_bytes=stream.stat().st_size)
@@ -571,8 +618,8 @@ class BtrfsPair:
         self.skip, self.src = skip, src
         self.dir = WORK / "btrfs"
         size = max(1 << 30, int(3 * scale * (1 << 30)) + (512 << 20))
-        self._src = LoopBtrfs(self.dir / "src.img", size, "compress=zstd:1")
-        self._dst = LoopBtrfs(self.dir / "dst.img", size, "compress=no")
+        self._src = LoopFs(self.dir / "src.img", size, MKFS_BTRFS, "compress=zstd:1")
+        self._dst = LoopFs(self.dir / "dst.img", size, MKFS_BTRFS, "compress=no")
         self.snap = self.dst = None
 
     def __enter__(self) -> "BtrfsPair":
