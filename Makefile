@@ -23,6 +23,11 @@ test: $(STAMP)
 bench: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/run.py
 
+FUZZ_SECONDS ?= 60
+fuzz: $(STAMP)
+	$(BIN)/pip install --quiet -e '.[fuzz]'
+	$(BIN)/python fuzz/fuzz_reader.py -max_total_time=$(FUZZ_SECONDS) fuzz/corpus
+
 vectors: $(STAMP)
 	$(BIN)/python spec/vectors/generate.py
 
