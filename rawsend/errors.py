@@ -170,3 +170,9 @@ class OutputError(LocalError):
 
 class StoreError(LocalError):
     """store problem: {detail}"""
+
+
+class StoreDamaged(StoreError):
+    """store is damaged: {detail}"""
+
+    exit_code = 1  # like a damaged stream: what is stored cannot be trusted

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 
-from rawsend.errors import StoreError
+from rawsend.errors import StoreDamaged, StoreError
 
 UNKNOWN = "unknown"  # file count of an encrypted stream: its metadata is sealed
 
@@ -79,6 +79,6 @@ def _is_hex(v, length: int) -> bool:
     return isinstance(v, str) and len(v) == length and all(c in "0123456789abcdef" for c in v)
 
 
-def _damaged(what: str, path: str) -> StoreError:
-    return StoreError(f"index entry is damaged: {what}", path=path,
+def _damaged(what: str, path: str) -> StoreDamaged:
+    return StoreDamaged(f"index entry is damaged: {what}", path=path,
                       hint="delete this entry and its stream file, then receive the stream again")

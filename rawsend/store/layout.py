@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from rawsend.errors import StoreError
+from rawsend.errors import StoreDamaged, StoreError
 from rawsend.store.index import IndexEntry
 
 MARKER_NAME = "rawsend-store"
@@ -101,7 +101,7 @@ class Store:
             obj = json.loads(data)
             fmt, version = obj["format"], obj["version"]
         except (ValueError, UnicodeDecodeError, TypeError, KeyError):
-            raise StoreError("the marker file is damaged", path=str(marker),
+            raise StoreDamaged("the marker file is damaged", path=str(marker),
                              hint=f'it must hold {{"format": "{STORE_FORMAT}", "version": {STORE_VERSION}}}') from None
         if fmt != STORE_FORMAT:
             raise StoreError(f"the marker file names format {fmt!r}, not {STORE_FORMAT!r}", path=str(marker))
@@ -167,7 +167,7 @@ class Store:
             raise StoreError(f"cannot read an index entry: {e.strerror}", path=str(path)) from None
         entry = IndexEntry.from_json(data, str(path))
         if entry.stream_id != stream_id:
-            raise StoreError(f"index entry names stream {entry.stream_id}", path=str(path),
+            raise StoreDamaged(f"index entry names stream {entry.stream_id}", path=str(path),
                              hint="the entry was renamed or damaged; delete it and receive the stream again")
         return entry
 
