@@ -260,7 +260,7 @@ def receive(stream, sink, *, keyring=None, limits: Limits | None = None, require
             _apply(rec, raw, sink, opener, stats)
             if progress and isinstance(rec, Extent):
                 progress(rec.num_bytes)
-    except BaseException as e:
+    except BaseException:
         sink.abort()
         raise
     raise AssertionError("unreachable: the reader ends with END or an error")

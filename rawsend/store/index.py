@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 
-from rawsend.errors import StoreDamaged, StoreError
+from rawsend.errors import StoreDamaged
 
 UNKNOWN = "unknown"  # file count of an encrypted stream: its metadata is sealed
 

@@ -29,7 +29,7 @@ from rawsend.errors import RawsendError
 from rawsend.pipeline import NullSink, receive, send
 from rawsend.sources.tree import DataChunk
 from rawsend.stream.records import (
-    CRC_COVERED, HEADER_BODY, PREAMBLE, RECORD_HEADER, Compression, Create, Feature, Link, RecordType,
+    CRC_COVERED, HEADER_BODY, PREAMBLE, RECORD_HEADER, Compression, Create, Link, RecordType,
     SetXattr,
 )
 
@@ -86,11 +86,19 @@ def record_spans(stream: bytes) -> list[tuple[int, int]]:
     return spans
 
 
+def frame(rtype: int, flags: int, body: bytes, payload: bytes = b"") -> bytes:
+    """One record with its CRC, built from the framing rules alone."""
+    header = RECORD_HEADER.pack(rtype, flags, len(body), len(payload), 0)
+    crc = crc32c(payload, crc32c(body, crc32c(header[:CRC_COVERED])))
+    return RECORD_HEADER.pack(rtype, flags, len(body), len(payload), crc) + body + payload
+
+
 def fix_crc(stream: bytearray, start: int) -> None:
+    """Recompute the CRC of the record at ``start`` after its bytes were changed."""
     rtype, flags, body_len, payload_len, _ = RECORD_HEADER.unpack_from(stream, start)
-    covered = bytes(stream[start:start + CRC_COVERED])
     rest = bytes(stream[start + RECORD_HEADER.size:start + RECORD_HEADER.size + body_len + payload_len])
-    RECORD_HEADER.pack_into(stream, start, rtype, flags, body_len, payload_len, crc32c(rest, crc32c(covered)))
+    stream[start:start + RECORD_HEADER.size + body_len + payload_len] = \
+        frame(rtype, flags, rest[:body_len], rest[body_len:])
 
 
 def record_types(stream: bytes) -> list[int]:

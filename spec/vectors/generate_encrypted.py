@@ -36,7 +36,6 @@ import stat
 import sys
 from pathlib import Path
 
-from crc32c import crc32c
 
 from rawsend.codecs.crypto import Keyring, Sealer
 from rawsend.codecs.keys import Key, format_key
@@ -44,8 +43,10 @@ from rawsend.dump import Dumper
 from rawsend.errors import RawsendError
 from rawsend.pipeline import EncodedChunk, NullSink, receive, send
 from rawsend.sources.tree import DataChunk
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from generate import fix_crc, frame, record_spans, record_types  # noqa: E402  (record surgery is shared)
 from rawsend.stream.records import (
-    CRC_COVERED, END_BODY, EXTENT_BODY, HEADER_BODY, PREAMBLE, RECORD_HEADER, Cipher,
+    END_BODY, EXTENT_BODY, HEADER_BODY, PREAMBLE, RECORD_HEADER, Cipher,
     Compression, Create, End, Extent, Link, RecordType, SetXattr,
 )
 
@@ -125,34 +126,6 @@ def build(key: Key = TEST_KEY, cipher: int = Cipher.AES_256_GCM, stream_id: byte
 
 
 # -- record surgery -------------------------------------------------------------------------------
-
-def record_spans(stream: bytes) -> list[tuple[int, int]]:
-    """(start, end) of each record, read from the framing alone."""
-    spans, pos = [], PREAMBLE.size
-    while pos < len(stream):
-        _, _, body_len, payload_len, _ = RECORD_HEADER.unpack_from(stream, pos)
-        end = pos + RECORD_HEADER.size + body_len + payload_len
-        spans.append((pos, end))
-        pos = end
-    return spans
-
-
-def record_types(stream: bytes) -> list[int]:
-    return [RECORD_HEADER.unpack_from(stream, s)[0] for s, _ in record_spans(stream)]
-
-
-def frame(rtype: int, flags: int, body: bytes, payload: bytes = b"") -> bytes:
-    header = RECORD_HEADER.pack(rtype, flags, len(body), len(payload), 0)
-    crc = crc32c(payload, crc32c(body, crc32c(header[:CRC_COVERED])))
-    return RECORD_HEADER.pack(rtype, flags, len(body), len(payload), crc) + body + payload
-
-
-def fix_crc(stream: bytearray, start: int) -> None:
-    rtype, flags, body_len, payload_len, _ = RECORD_HEADER.unpack_from(stream, start)
-    rest = bytes(stream[start + RECORD_HEADER.size:start + RECORD_HEADER.size + body_len + payload_len])
-    stream[start:start + RECORD_HEADER.size + body_len + payload_len] = \
-        frame(rtype, flags, rest[:body_len], rest[body_len:])
-
 
 def refinish(stream: bytes) -> bytes:
     """Recompute the last record (END)'s counts and digest and keep its MAC: what anyone can forge."""
