@@ -23,7 +23,7 @@ class Limits:
     max_bytes: int = 1 << 50  # logical bytes declared by all files together
 
 
-@dataclass
+@dataclass(slots=True)  # one per file of the stream: keep it small
 class _Inode:
     type: int
     parent_id: int
