@@ -778,3 +778,13 @@ def test_cli_limit_flags(box, flag, value, records):
     assert not box.dest.exists() and set(os.listdir(box.root)) == {"outside"}
     proc = run_rawsend("receive", "--no-sync", flag, str(int(value) * 2), str(box.dest), input=data)
     assert proc.returncode == 0, proc.stderr.decode()
+
+
+def test_an_encrypted_stream_without_its_key_creates_nothing(box):
+    from rawsend.errors import KeyMissing
+    from tests.conftest import VECTORS
+    vector = VECTORS / "encrypted" / "good_aes256gcm.rs"
+    if not vector.exists():
+        pytest.skip("no encrypted vector")
+    err = box.refuse(vector.read_bytes(), KeyMissing, Written(0, 12), also_verify=False)
+    assert err.exit_code == 4
