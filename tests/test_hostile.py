@@ -788,3 +788,16 @@ def test_an_encrypted_stream_without_its_key_creates_nothing(box):
         pytest.skip("no encrypted vector")
     err = box.refuse(vector.read_bytes(), KeyMissing, Written(0, 12), also_verify=False)
     assert err.exit_code == 4
+
+
+@pytest.mark.parametrize("data,words", [
+    (b"", "stream ends early"), (b"r", "stream ends early"), (b"junk" * 100, "not a rawsend stream"),
+    (b"rawsend\n", "stream ends early"), (b"rawsend\n\0\0\0\0", "unsupported stream version"),
+    (b"rawsend\n\x01\0\0\0", "no END record"),
+], ids=["empty", "one byte", "junk", "magic only", "version 0", "preamble only"])
+def test_cli_receive_of_garbage_fails_fast_and_clearly(box, data, words):
+    from tests.conftest import run_rawsend
+    proc = run_rawsend("receive", str(box.dest), input=data, timeout=60)
+    err = proc.stderr.decode()
+    assert proc.returncode == 1 and words in err and "byte offset" in err and "Traceback" not in err, err
+    assert set(os.listdir(box.root)) == {"outside"}
