@@ -38,7 +38,8 @@ with atheris.instrument_imports():
 
 KEY = ROOT / "spec" / "vectors" / "encrypted" / "test.key"
 LIMITS = Limits(max_files=10_000)  # keeps a fuzzed tree small; the cap itself is tested elsewhere
-SCRATCH = HERE / "scratch"  # mode 2 receives here; libFuzzer exits without cleaning up, so reuse it
+# mode 2 receives here; libFuzzer exits without cleaning up, so the next run of this pid reuses it
+SCRATCH = HERE / "scratch" / str(os.getpid())
 
 
 def _keyring():
@@ -87,6 +88,16 @@ def seed(corpus: Path) -> None:
             (corpus / f"{path.stem}.{mode}").write_bytes(bytes([mode]) + path.read_bytes())
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
+
+
 def main() -> None:
     dirs = [Path(a) for a in sys.argv[1:] if not a.startswith("-")]
     if dirs:
@@ -95,8 +106,11 @@ def main() -> None:
     args = sys.argv
     if not any(a.startswith("-artifact_prefix=") for a in args):
         args = args + [f"-artifact_prefix={HERE / 'crashes'}/"]
+    for old in SCRATCH.parent.glob("*"):  # those of earlier runs, whose process is gone
+        if old.name.isdigit() and not _alive(int(old.name)):
+            shutil.rmtree(old, ignore_errors=True)
     shutil.rmtree(SCRATCH, ignore_errors=True)
-    SCRATCH.mkdir()
+    SCRATCH.mkdir(parents=True)
     atheris.Setup(args, test_one_input)
     atheris.Fuzz()
 
