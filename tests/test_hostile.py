@@ -801,3 +801,37 @@ def test_cli_receive_of_garbage_fails_fast_and_clearly(box, data, words):
     err = proc.stderr.decode()
     assert proc.returncode == 1 and words in err and "byte offset" in err and "Traceback" not in err, err
     assert set(os.listdir(box.root)) == {"outside"}
+
+
+def _dead_pid() -> int:
+    with open("/proc/sys/kernel/pid_max") as f:
+        return int(f.read()) + 1  # no process can have it
+
+
+@pytest.mark.parametrize("planted", ["symlink", "file"])
+def test_something_planted_under_a_temporary_name_is_left_alone(box, planted):
+    """Stale temporary directories are removed; anything else under that name is not touched."""
+    stale = box.root / f".dest.rawsend-{_dead_pid()}-00000000"
+    if planted == "symlink":
+        stale.symlink_to(box.outside)
+    else:
+        stale.write_bytes(b"not ours")
+    mode = stat.S_IMODE(os.stat(box.root).st_mode)
+    before = listing(box.outside)
+    data, _ = tree_stream(mkfile(2, 1, b"a"))
+    receive_bytes(data, box.dest)
+    assert listing(box.outside) == before
+    assert stat.S_IMODE(os.stat(box.root).st_mode) == mode
+    assert stale.is_symlink() if planted == "symlink" else stale.read_bytes() == b"not ours"
+
+
+def test_a_stale_temporary_directory_is_removed_by_the_next_receive(box):
+    stale = box.root / f".dest.rawsend-{_dead_pid()}-00000000"
+    (stale / "deep" / "er").mkdir(parents=True)
+    (stale / "deep" / "er" / "f").write_bytes(b"left by a killed receive")
+    os.symlink(box.outside, stale / "deep" / "link")
+    os.chmod(stale / "deep", 0o500)
+    data, _ = tree_stream(mkfile(2, 1, b"a"))
+    receive_bytes(data, box.dest)
+    assert not stale.exists() and sorted(os.listdir(box.root)) == ["dest", "outside"]
+    assert (box.outside / "victim").read_bytes() == b"victim\n"

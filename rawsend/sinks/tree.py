@@ -71,20 +71,35 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _real_dir(p) -> bool:
+    try:
+        return stat.S_ISDIR(os.lstat(p).st_mode)
+    except OSError:
+        return False
+
+
 def remove_tree(path: Path) -> None:
-    """rmtree that first makes read-only directories writable again."""
-    def onerror(func, p, exc):
-        try:
-            os.chmod(os.path.dirname(p), 0o700)
-            os.chmod(p, 0o700, follow_symlinks=False) if os.path.isdir(p) else None
-        except OSError:
-            pass
-        try:
-            func(p)
-        except FileNotFoundError:
-            pass
-    if path.exists() or path.is_symlink():
-        shutil.rmtree(path, onerror=onerror)
+    """Remove a temporary tree of ours, also where the stream made directories read-only.
+
+    Only real directories at or below ``path`` are made writable again, and no symlink is
+    followed.  Best effort, never raises (it runs while another error is on its way out):
+    whatever stays is removed by the next receive into the same destination.
+    """
+    if not _real_dir(path):
+        return
+    try:
+        os.chmod(path, 0o700)
+    except OSError:
+        pass
+    for top, dirs, _files in os.walk(path):  # top-down: each directory opens before it is listed
+        for name in dirs:
+            sub = os.path.join(top, name)
+            if _real_dir(sub):
+                try:
+                    os.chmod(sub, 0o700)
+                except OSError:
+                    pass
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def clean_stale_temps(dest: Path) -> list[Path]:
@@ -99,7 +114,7 @@ def clean_stale_temps(dest: Path) -> list[Path]:
         if not p.name.startswith(prefix):
             continue
         pid_text = p.name[len(prefix):].split("-", 1)[0]
-        if pid_text.isdigit() and not _pid_alive(int(pid_text)):
+        if pid_text.isdigit() and not _pid_alive(int(pid_text)) and _real_dir(p):  # never a symlink
             remove_tree(p)
             removed.append(p)
     return removed
