@@ -286,15 +286,18 @@ CAP_NET_RAW = bytes.fromhex("0100000200200000000000000000000000000000")  # vfs c
 
 @needs_root
 @pytest.mark.parametrize("preserve_owner", [False, True])
-def test_file_capabilities_follow_the_owner_rule(box, preserve_owner):
+def test_privileged_xattrs_follow_the_owner_rule(box, preserve_owner):
     data, _ = tree_stream(mkfile(2, 1, b"ping", 4), plain_extent(2, 0, b"\x7fELF"),
-                          SetXattr(2, b"security.capability", CAP_NET_RAW))
-    box.accept(data, preserve_owner=preserve_owner)
-    names = os.listxattr(box.dest / "ping")
-    if preserve_owner:
-        assert os.getxattr(box.dest / "ping", "security.capability") == CAP_NET_RAW
+                          SetXattr(2, b"security.capability", CAP_NET_RAW),
+                          SetXattr(2, b"trusted.overlay.opaque", b"y"), SetXattr(2, b"user.plain", b"kept"))
+    sink = box.accept(data, preserve_owner=preserve_owner)
+    got = {n: os.getxattr(box.dest / "ping", n) for n in os.listxattr(box.dest / "ping")}
+    if preserve_owner:  # chown comes before the xattrs, so the kernel does not clear the capability
+        assert got == {"security.capability": CAP_NET_RAW, "trusted.overlay.opaque": b"y", "user.plain": b"kept"}
     else:
-        assert "security.capability" not in names
+        assert got == {"user.plain": b"kept"}
+        assert sink.report.skipped_xattrs == 2
+        assert any("need --preserve-owner" in w for w in sink.report.warnings)
 
 
 # -- decompression bombs ------------------------------------------------------------------------------

@@ -28,7 +28,9 @@ DIR_FD_CACHE = 64
 # compressions btrfs stores as they are (zlib, zstd, LZO for each sector size)
 BTRFS_COMPRESSIONS = range(Compression.ZLIB, Compression.LZO_4K + 5)
 TEMP_MARK = ".rawsend-"
-CAPABILITY_XATTR = b"security.capability"
+# xattr namespaces that grant privileges (file capabilities, security labels, overlayfs
+# redirects): set only when owners are kept, like setuid bits
+PRIVILEGED_XATTRS = (b"security.", b"trusted.")
 
 
 @dataclass
@@ -276,9 +278,8 @@ class TreeSink:
 
     def xattr(self, rec: SetXattr) -> None:
         cur = self._cur_rec
-        if rec.name == CAPABILITY_XATTR and not self.preserve_owner:
-            # file capabilities are privileges, like setuid bits: only with the owner
-            self._skip_xattr(rec, "file capabilities need --preserve-owner")
+        if rec.name.startswith(PRIVILEGED_XATTRS) and not self.preserve_owner:
+            self._skip_xattr(rec, "security.* and trusted.* need --preserve-owner")
             return
         try:
             if cur.type == RecordType.MKFILE:
