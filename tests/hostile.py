@@ -24,8 +24,18 @@ from rawsend.sinks.tree import TreeSink
 from rawsend.sources.tree import DataChunk
 from rawsend.stream.checker import Limits
 from rawsend.stream.records import (
-    CRC_COVERED, END_BODY, PREAMBLE, RECORD_HEADER, Compression, Create, End, Extent, Header, Link,
-    RecordType, SetXattr,
+    CRC_COVERED,
+    END_BODY,
+    PREAMBLE,
+    RECORD_HEADER,
+    Compression,
+    Create,
+    End,
+    Extent,
+    Header,
+    Link,
+    RecordType,
+    SetXattr,
 )
 from rawsend.stream.writer import StreamWriter
 

@@ -20,19 +20,53 @@ import pytest
 import zstandard
 
 from rawsend.errors import (
-    ChecksumMismatch, DecodeError, DestinationError, DigestMismatch, LimitExceeded, MalformedRecord,
-    RawsendError, RecordOrderError, TrailingData, TruncatedStream, UnsafePath,
+    ChecksumMismatch,
+    DecodeError,
+    DestinationError,
+    DigestMismatch,
+    LimitExceeded,
+    MalformedRecord,
+    RawsendError,
+    RecordOrderError,
+    TrailingData,
+    TruncatedStream,
+    UnsafePath,
 )
 from rawsend.sinks.tree import TreeSink
 from rawsend.stream.checker import Limits
 from rawsend.stream.records import (
-    END_BODY, FLAG_SKIPPABLE, MAX_BODY_LEN, MAX_EXTENT_LEN, MAX_NAME_LEN, MAX_PAYLOAD_LEN,
-    MAX_TARGET_LEN, MAX_XATTR_NAME_LEN, MAX_XATTR_VALUE_LEN, Compression, End, Extent, Header,
-    Link, RecordType, SetXattr,
+    FLAG_SKIPPABLE,
+    MAX_BODY_LEN,
+    MAX_EXTENT_LEN,
+    MAX_NAME_LEN,
+    MAX_PAYLOAD_LEN,
+    MAX_TARGET_LEN,
+    MAX_XATTR_NAME_LEN,
+    MAX_XATTR_VALUE_LEN,
+    Compression,
+    End,
+    Extent,
+    Header,
+    Link,
+    RecordType,
+    SetXattr,
 )
 from tests.hostile import (
-    ROOT, STREAM_ID, T0, HostileWriter, Written, listing, mkdir, mkfile, mknod, plain_extent,
-    receive_bytes, split, symlink, tree_stream, verify_bytes,
+    ROOT,
+    STREAM_ID,
+    T0,
+    HostileWriter,
+    Written,
+    listing,
+    mkdir,
+    mkfile,
+    mknod,
+    plain_extent,
+    receive_bytes,
+    split,
+    symlink,
+    tree_stream,
+    verify_bytes,
 )
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (device nodes, chown, capabilities)")
@@ -73,7 +107,7 @@ class Box:
         return entries
 
     def accept(self, data: bytes, **options):
-        stats, sink = receive_bytes(data, self.dest, **options)
+        _stats, sink = receive_bytes(data, self.dest, **options)
         assert set(os.listdir(self.root)) == {"dest", "outside"}
         return sink
 
@@ -431,7 +465,8 @@ def _xattr_case(name_len: int = 6, value_len: int = 1, lie_value_len: int | None
 
 def _extent_case(**fields):
     n = fields.pop("payload", 16)
-    ext = dict(file_id=2, offset=0, num_bytes=n, unencoded_len=n, unencoded_offset=0, disk_num_bytes=n)
+    ext = {"file_id": 2, "offset": 0, "num_bytes": n, "unencoded_len": n, "unencoded_offset": 0,
+           "disk_num_bytes": n}
     ext.update(fields)
     return one(mkfile(2, 1, b"f", 2 * MAX_EXTENT_LEN), (Extent(**ext), b"p" * n))
 

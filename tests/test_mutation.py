@@ -18,14 +18,20 @@ from functools import lru_cache
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from rawsend.dump import Dumper
 from rawsend.errors import RawsendError, TruncatedStream
 from rawsend.pipeline import NullSink, receive
 from rawsend.stream.checker import Limits
 from rawsend.stream.records import (
-    MAX_BODY_LEN, MAX_EXTENT_LEN, MAX_PAYLOAD_LEN, PREAMBLE, RECORD_HEADER, RecordType,
+    MAX_BODY_LEN,
+    MAX_EXTENT_LEN,
+    MAX_PAYLOAD_LEN,
+    PREAMBLE,
+    RECORD_HEADER,
+    RecordType,
 )
 from tests.conftest import VECTORS
 from tests.hostile import Frame, listing, receive_bytes, reseal, small_trees, split
@@ -139,7 +145,7 @@ def test_splicing_records_between_streams(data):
     names = sorted(corpus())
     a, b = (corpus()[data.draw(st.sampled_from(names))] for _ in range(2))
     pa, fa, _ = split(a)
-    pb, fb, _ = split(b)
+    _, fb, _ = split(b)
     i = data.draw(st.integers(0, len(fa)))
     j = data.draw(st.integers(0, len(fb)))
     spliced = pa + b"".join(f.pack() for f in fa[:i] + fb[j:])
