@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import functools
 import os
 import secrets
 import shutil
@@ -45,8 +46,12 @@ class TreeReport:
 
     def count_decoded(self, reason: str) -> None:
         self.decoded_extents += 1
-        kind = btrfs.refusal_kind(reason)
+        kind = _refusal_kind(reason)
         self.decoded_reasons[kind] = self.decoded_reasons.get(kind, 0) + 1
+
+
+# The same few reasons come back for every extent: no regex per extent.
+_refusal_kind = functools.lru_cache(maxsize=256)(btrfs.refusal_kind)
 
 
 @dataclass(slots=True)
@@ -143,6 +148,9 @@ class TreeSink:
         self._no_encoded: str | None = None if encoded_writes else "decoding asked for (--no-raw)"
         self._sector_size = 0
         self._cur_nodatasum: bool | None = None  # known once the current file gets a compressed extent
+        self._cur_end = 0  # where the current file's data written so far ends
+        # (uid, gid) every new file gets here, when that is ours (set in begin())
+        self._owner_as_created: tuple[int, int] | None = None
 
     # -- set-up and tear-down ---------------------------------------------------------------
 
@@ -169,6 +177,10 @@ class TreeSink:
                 self._no_encoded = "no CAP_SYS_ADMIN for encoded writes (run as root)"
             else:
                 self._sector_size = btrfs.sector_size(fd)
+        st = os.fstat(fd)
+        # new files get our euid and, also below a setgid or grpid directory, this gid
+        if st.st_uid == os.geteuid() and st.st_gid == os.getegid():
+            self._owner_as_created = (st.st_uid, st.st_gid)
 
     @staticmethod
     def _empty_dir(p: Path) -> bool:
@@ -238,9 +250,14 @@ class TreeSink:
                 self._cur_nodatasum = None
                 self._cur_fd = os.open(rec.name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
                                        | os.O_CLOEXEC, 0o600, dir_fd=parent_fd)
-                if rec.size:
+                self._cur_end = 0
+                # Encoded writes check the file's size, so it is set first; otherwise
+                # _finish_file sets it only when the data did not (one syscall less per file).
+                if rec.size and self._no_encoded is None:
                     os.ftruncate(self._cur_fd, rec.size)
-                if self.preserve_owner:  # before its xattrs: chown clears security.capability
+                # before its xattrs: chown clears security.capability; a new file has none yet,
+                # so a chown to the owner it already has is skipped
+                if self.preserve_owner and (rec.uid, rec.gid) != self._owner_as_created:
                     os.fchown(self._cur_fd, rec.uid, rec.gid)
             elif rec.type == RecordType.SYMLINK:
                 os.symlink(rec.target, rec.name, dir_fd=parent_fd)
@@ -357,6 +374,8 @@ class TreeSink:
             while view:
                 n = os.pwrite(self._cur_fd, view, offset)
                 view, offset = view[n:], offset + n
+            if offset > self._cur_end:
+                self._cur_end = offset
         except OSError as e:
             raise self._os_error(e, rec.file_id) from None
 
@@ -366,6 +385,8 @@ class TreeSink:
         rec, fd = self._cur_rec, self._cur_fd
         self._cur_fd = -1
         try:
+            if rec.size > self._cur_end and self._no_encoded is not None:
+                os.ftruncate(fd, rec.size)  # a hole at the end, or a file of holes
             os.fchmod(fd, self._mode(rec))
             os.utime(fd, ns=(rec.atime_ns, rec.mtime_ns))
         except OSError as e:
