@@ -58,7 +58,7 @@ _refusal_kind = functools.lru_cache(maxsize=256)(btrfs.refusal_kind)
 class _Node:
     parent_id: int
     name: bytes
-    rec: Create
+    rec: Create | None  # directories only
 
 
 def _syncfs(fd: int) -> None:
@@ -236,7 +236,8 @@ class TreeSink:
 
     def create(self, rec: Create) -> None:
         self._finish_file()
-        self._nodes[rec.file_id] = _Node(rec.parent_id, rec.name, rec)
+        # only directories need their record again (in commit): a file keeps just its name
+        self._nodes[rec.file_id] = _Node(rec.parent_id, rec.name, rec if rec.type == RecordType.MKDIR else None)
         self._cur_id, self._cur_rec = rec.file_id, rec
         if rec.file_id == ROOT_ID:
             self._dirs.append(ROOT_ID)
