@@ -217,7 +217,7 @@ def ensure_tools() -> None:
 
 def tree_cases(rawsend: str, src: Path, m: dict, small: Path, ms: dict, huge: Path, mh: dict,
                stream: Path, dest: "Destination", enc_skip: str | None, key: Path, store_skip: str | None,
-               relay_store: Path) -> list[Case]:
+               relay_store: Path, many: tuple[Path, int, str | None]) -> list[Case]:
     D = dest.path
     dst, store = D / "tree", D / "store"
     L, F = m["logical_bytes"], m["files"]
@@ -286,8 +286,41 @@ def tree_cases(rawsend: str, src: Path, m: dict, small: Path, ms: dict, huge: Pa
              f"sparse file, {mh['data_bytes'] / 2**20:.0f} MiB data)",
              [[rawsend, "send", str(huge)], [rawsend, "receive", str(dst)]], mh["logical_bytes"], 1,
              peer="rs-zstd", rawsend=True, **w),
+        # what does grow: state kept per file (names for hard links and errors, the checker's inodes)
+        Case("rs-files", "memory", f"cat STREAM | rawsend receive DIR ({many[1]} files of 16 bytes)",
+             [["cat", str(many[0])], [rawsend, "receive", str(dst)]], many[1] * 16, many[1],
+             peer="rs-small", rawsend=True, skip=many[2], **w),
     ]
     return cases
+
+
+def many_files_stream(path: Path, n: int) -> str | None:
+    """A stream of ``n`` 16-byte files in directories of 1000, made with rawsend's library."""
+    try:
+        from rawsend.pipeline import send
+        from rawsend.sources.tree import DataChunk
+        from rawsend.stream.records import Compression, Create, RecordType
+        from rawsend.stream.writer import fd_writer
+    except ImportError as e:
+        return f"rawsend is not importable here ({e})"
+
+    def items():
+        yield Create(RecordType.MKDIR, 1, 0, b"", 0o40755, 0, 0, 0, 0, 0, b"")
+        file_id = 2
+        for d in range((n + 999) // 1000):
+            dir_id, file_id = file_id, file_id + 1
+            yield Create(RecordType.MKDIR, dir_id, 1, b"d%05d" % d, 0o40755, 0, 0, 0, 0, 0, b"")
+            for i in range(min(1000, n - d * 1000)):
+                yield Create(RecordType.MKFILE, file_id, dir_id, b"f%07d" % i, 0o100644, 0, 0, 0, 0, 16, b"")
+                yield DataChunk(file_id, 0, b"%016d" % file_id)
+                file_id += 1
+
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        send(items(), fd_writer(fd), compression=Compression.NONE, threads=1, stream_id=bytes(16), created_ns=0)
+    finally:
+        os.close(fd)
+    return None
 
 
 def fill_store(rawsend: str, stream: Path, store: Path) -> None:
@@ -518,9 +551,9 @@ def report(cases: list[Case], info: dict, args) -> dict:
             peak_rss = max(peak_rss or 0, med["rss_mib"])
         vs = ""
         if r:
-            vs = f"{r['speed']:.2f}x speed, {r['rss']:.1f}x RSS" if c.name == "rs-huge" else \
+            vs = f"{r['rss']:.2f}x RSS" if c.group == "memory" else \
                 f"{r['speed']:.2f}x speed, {_fmt(r['cpu'], '.2f')}x CPU"
-            vs += f" ({r['peer']})" if len(vs) < 22 else ""
+            vs += f" (vs {r['peer']})" if c.group == "memory" else ""
         print(f"{c.name:<16} {med['wall_s']:7.2f} {_fmt(med['mb_s'], '7.0f')} {_fmt(med['files_s'], '8.0f')} "
               f"{med['cpu_s']:6.2f} {med['rss_mib']:7.1f}  {vs:<28} {c.title}")
     tg = targets(by_name, peak_rss)
@@ -573,6 +606,8 @@ def main(argv=None) -> int:
     relay_store = tmp / "relay-store"
     if store_skip is None:
         fill_store(rawsend, stream, relay_store)
+    n_many = max(2000, int(200_000 * args.scale))
+    many = (tmp / "many-files.rs", n_many, many_files_stream(tmp / "many-files.rs", n_many))
     bt_skip = "--no-btrfs" if args.no_btrfs else btrfs_unavailable()
     wanted = set(filter(None, args.only.split(",")))
 
@@ -587,7 +622,7 @@ def main(argv=None) -> int:
     info["destination"] = dest.kind
     try:
         cases = selected(tree_cases(rawsend, src, m, small, ms, huge, mh, stream, dest, enc_skip, key,
-                                    store_skip, relay_store))
+                                    store_skip, relay_store, many))
         with BtrfsPair(args.scale, src, bt_skip) as pair:
             if pair.skip is None:
                 native = (REPO / "rawsend" / "sources" / "btrfs.py").exists()
