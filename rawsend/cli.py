@@ -278,6 +278,9 @@ def receive(dest, input_path, key_files, preserve_owner, preserve_special, max_b
         reasons = _reasons(sink.report.decoded_reasons)
         extra.append(f"{sink.report.encoded_extents} extents written encoded, {sink.report.decoded_extents} decoded"
                      + (f" ({reasons})" if reasons else ""))
+    if sink.report.unchecked_extents:
+        extra.append(f"{sink.report.unchecked_extents} LZO extents written without a decode check "
+                     "(install rawsend[lzo] to check them)")
     _err(f"received {stats.files} files, {stats.dirs} dirs, {stats.symlinks} symlinks, "
          f"{stats.hardlinks} hard links, {_human(stats.logical_bytes)} of data "
          f"({stats.extents} extents, {_human(stats.stream_bytes)} of stream) into {dest} in {elapsed:.2f} s"

@@ -614,6 +614,25 @@ def test_extents_btrfs_refuses_are_decoded_exactly(dest_fs):
                                                        (64 * KiB, 1000, 4 * KiB, 0)]
 
 
+def test_a_payload_that_does_not_decode_is_refused_not_written_raw(dest_fs):
+    """The kernel stores encoded payloads unchecked; the receiver checks them first."""
+    from rawsend.pipeline import receive
+    from rawsend.sinks.tree import TreeSink
+
+    plain = text(64 * KiB, seed=11)
+    stream = crafted_stream(64 * KiB, [(0, 64 * KiB, 0, plain)])
+    data = bytearray(stream.getvalue())
+    frame_at = data.index(b"\x28\xb5\x2f\xfd")  # the zstd magic: corrupt the frame's blocks
+    data[frame_at + 20:frame_at + 40] = bytes(20)
+    from spec.vectors.generate import fix_crc, record_spans  # recompute the CRC: only the payload is bad
+    start = next(s for s, e in record_spans(bytes(data)) if s < frame_at < e)
+    fix_crc(data, start)
+    dest = dest_fs / "corrupt"
+    with pytest.raises(DecodeError):
+        receive(io.BytesIO(bytes(data)), TreeSink(dest))
+    assert not dest.exists()
+
+
 def test_nocow_destination_is_decoded_without_trying(source, dest_fs):
     parent = dest_fs / f"nocow-{source.name}"
     parent.mkdir()

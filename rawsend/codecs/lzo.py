@@ -36,6 +36,8 @@ try:
 except ImportError:  # optional dependency
     _lzo = None
 
+AVAILABLE = _lzo is not None
+
 
 class LzoUnavailableError(ImportError):
     """The optional `python-lzo` package is not installed."""
