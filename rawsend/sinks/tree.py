@@ -9,7 +9,6 @@ appears, complete, after END was checked (spec section "Receiving").
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import functools
 import os
@@ -24,6 +23,7 @@ from rawsend import btrfs
 from rawsend.codecs import lzo
 from rawsend.codecs.compress import decode
 from rawsend.errors import DestinationError, MalformedRecord, RawsendError
+from rawsend.fsutil import fsync_dir, pid_alive, syncfs
 from rawsend.stream.records import ROOT_ID, Compression, Create, Extent, Link, RecordType, SetXattr
 
 DIR_FD_CACHE = 64
@@ -61,23 +61,6 @@ class _Node:
     parent_id: int
     name: bytes
     rec: Create | None  # directories only
-
-
-def _syncfs(fd: int) -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.syncfs(fd) != 0:
-        err = ctypes.get_errno()
-        raise DestinationError(f"syncfs failed: {os.strerror(err)}")
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _real_dir(p) -> bool:
@@ -123,7 +106,7 @@ def clean_stale_temps(dest: Path) -> list[Path]:
         if not p.name.startswith(prefix):
             continue
         pid_text = p.name[len(prefix):].split("-", 1)[0]
-        if pid_text.isdigit() and not _pid_alive(int(pid_text)) and _real_dir(p):  # never a symlink
+        if pid_text.isdigit() and not pid_alive(int(pid_text)) and _real_dir(p):  # never a symlink
             remove_tree(p)
             removed.append(p)
     return removed
@@ -435,7 +418,7 @@ class TreeSink:
             if self.sync:
                 # Also where a failed encoded write shows: its data goes to disk after the
                 # ioctl returned, and syncfs commits the transaction and reports its error.
-                _syncfs(self._dir_fds[ROOT_ID])
+                syncfs(self._dir_fds[ROOT_ID])
         except OSError as e:
             raise self._os_error(e, 0) from None
         self._close_all()
@@ -446,11 +429,7 @@ class TreeSink:
                                    path=str(self.dest)) from None
         self.temp = None
         if self.sync:
-            parent_fd = os.open(self.dest.parent, os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                os.fsync(parent_fd)
-            finally:
-                os.close(parent_fd)
+            fsync_dir(self.dest.parent)
 
     def _os_error(self, e: OSError, file_id: int) -> RawsendError:
         path = str(self.dest / self._path(file_id)) if file_id in self._nodes else str(self.dest)

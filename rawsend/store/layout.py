@@ -26,6 +26,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from rawsend.errors import StoreDamaged, StoreError
+from rawsend.fsutil import fsync_dir, pid_alive
 from rawsend.store.index import IndexEntry
 
 MARKER_NAME = "rawsend-store"
@@ -48,30 +49,12 @@ def is_store(path: str | os.PathLike) -> bool:
     return os.path.isfile(os.path.join(path, MARKER_NAME))
 
 
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def os_error(e: OSError, what: str, path) -> StoreError:
     """A StoreError for a failed write, with what to do about the common causes."""
     if e.errno in (errno.ENOSPC, errno.EDQUOT):
         return StoreError(f"{what}: no space left on the store's filesystem", path=str(path),
                           hint="free space there and receive again; the store is unchanged")
     return StoreError(f"{what}: {e.strerror}", path=str(path))
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # alive, owned by another user
-    return True
 
 
 class Store:
@@ -295,7 +278,7 @@ class Store:
             try:
                 for name in os.listdir(self.tmp):
                     pid = name.split("-", 1)[0]
-                    if pid.isdigit() and not _pid_alive(int(pid)):
+                    if pid.isdigit() and not pid_alive(int(pid)):
                         _unlink(self.tmp / name)
                         removed.append(self.tmp / name)
             except OSError as e:

@@ -1,0 +1,35 @@
+"""Small filesystem helpers shared by the tree sink and the store."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists (a temporary file's owner may still be writing)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # alive, owned by another user
+    return True
+
+
+def fsync_dir(path) -> None:
+    """Make a rename or create in ``path`` durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def syncfs(fd: int) -> None:
+    """Flush the whole filesystem holding ``fd``; raises OSError with its error."""
+    if _libc.syncfs(fd) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
