@@ -59,6 +59,20 @@ def _warn(text: str) -> None:
     _err(f"warning: {text}")
 
 
+def _open_output(output: str | None) -> int:
+    """The stream's file descriptor: -o FILE, or stdout unless that is a terminal."""
+    if output:
+        try:
+            return os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        except OSError as e:
+            raise OutputError(f"{e.strerror}", path=output) from None
+    if sys.stdout.isatty():
+        raise click.UsageError("refusing to write a binary stream to a terminal; "
+                               "pipe it (| rawsend receive DIR) or use -o FILE")
+    _enlarge_pipe(1)
+    return 1
+
+
 def _load_keyring(key_files):
     if not key_files:
         return None
@@ -136,17 +150,7 @@ def send(source, output, compress_name, level, encrypt_key, cipher, threads, no_
         from rawsend.codecs.keys import load_key
         from rawsend.stream.records import Cipher
         sealer = Sealer(load_key(encrypt_key, warn=_warn), Cipher.BY_NAME[cipher])
-    if output:
-        try:
-            out_fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-        except OSError as e:
-            raise OutputError(f"{e.strerror}", path=output) from None
-    else:
-        if sys.stdout.isatty():
-            raise click.UsageError("refusing to write a binary stream to a terminal; "
-                                   "pipe it (| rawsend receive DIR) or use -o FILE")
-        out_fd = 1
-        _enlarge_pipe(1)
+    out_fd = _open_output(output)
     tree, report = _tree_source(source, raw=not no_raw)
     bar = Progress(progress, "send")
     started = time.monotonic()
@@ -297,17 +301,7 @@ def _relay_store(store, stream_id, output) -> None:
     from rawsend.store import send_from_store
     from rawsend.stream.writer import fd_writer
 
-    if output:
-        try:
-            out_fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-        except OSError as e:
-            raise OutputError(f"{e.strerror}", path=output) from None
-    else:
-        if sys.stdout.isatty():
-            raise click.UsageError("refusing to write a binary stream to a terminal; "
-                                   "pipe it (| rawsend receive DIR) or use -o FILE")
-        out_fd = 1
-        _enlarge_pipe(1)
+    out_fd = _open_output(output)
     started = time.monotonic()
     try:
         entry = send_from_store(store, stream_id, fd_writer(out_fd))
