@@ -13,7 +13,7 @@ import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
+from typing import Callable, Iterable, NamedTuple
 
 from rawsend.codecs.compress import compress, decode
 from rawsend.codecs.crypto import check_sealing
@@ -35,6 +35,16 @@ class EncodedChunk:
 
     extent: Extent
     payload: bytes
+
+
+class _Framed(NamedTuple):
+    """A record ready for the writer; ``extent`` is set for EXTENT records (for the stats)."""
+
+    type: int
+    body: bytes
+    payload: bytes
+    flags: int
+    extent: Extent | None
 
 
 @dataclass
@@ -64,19 +74,16 @@ class Encoder:
         self._pending: deque = deque()
         self._next_index = writer.next_index
 
-    def _encode_chunk(self, index: int, chunk: DataChunk):
+    def _encode_chunk(self, index: int, chunk: DataChunk) -> _Framed:
         compression, payload = compress(chunk.data, self.compression, self.level)
         n = len(chunk.data)
-        extent = Extent(chunk.file_id, chunk.offset, n, n, 0, len(payload), compression)
-        if self.sealer:
-            extent, payload = self.sealer.seal_extent(index, extent, payload)
-        return extent, payload, n
+        return self._extent(index, Extent(chunk.file_id, chunk.offset, n, n, 0, len(payload), compression),
+                            payload)
 
-    def _seal_raw(self, index: int, item: EncodedChunk):
-        extent, payload = item.extent, item.payload
+    def _extent(self, index: int, extent: Extent, payload) -> _Framed:
         if self.sealer:
             extent, payload = self.sealer.seal_extent(index, extent, payload)
-        return extent, payload, extent.num_bytes
+        return _Framed(RecordType.EXTENT, extent.pack(), payload, 0, extent)
 
     def add(self, item) -> None:
         index = self._next_index
@@ -88,14 +95,14 @@ class Encoder:
                 self._pending.append(self._encode_chunk(index, item))
         elif isinstance(item, EncodedChunk):
             if self._pool is not None and self.sealer:
-                self._pending.append(self._pool.submit(self._seal_raw, index, item))
+                self._pending.append(self._pool.submit(self._extent, index, item.extent, item.payload))
             else:
-                self._pending.append(self._seal_raw(index, item))
+                self._pending.append(self._extent(index, item.extent, item.payload))
         else:
             body, flags = item.pack(), 0
             if self.sealer:
                 body, flags = self.sealer.seal_metadata(index, item.type, body), FLAG_SEALED
-            self._pending.append((item.type, body, flags))
+            self._pending.append(_Framed(item.type, body, b"", flags, None))
         while len(self._pending) > self.max_in_flight:
             self._write_one()
 
@@ -103,20 +110,18 @@ class Encoder:
         done = self._pending.popleft()
         if isinstance(done, Future):
             done = done.result()
-        if len(done) == 3 and isinstance(done[0], int):
-            rtype, body, flags = done
-            self.writer.write_record(rtype, body, flags=flags)
+        self.writer.write_record(done.type, done.body, done.payload, done.flags)
+        extent = done.extent
+        if extent is None:
             return
-        extent, payload, logical = done
-        self.writer.write_record(RecordType.EXTENT, extent.pack(), payload)
         st = self.stats
         st.extents += 1
-        st.logical_bytes += logical
-        st.payload_bytes += len(payload)
+        st.logical_bytes += extent.num_bytes
+        st.payload_bytes += len(done.payload)
         name = Compression.NAMES[extent.compression]
         st.by_compression[name] = st.by_compression.get(name, 0) + 1
         if self.progress:
-            self.progress(logical)
+            self.progress(extent.num_bytes)
 
     def finish(self):
         try:
