@@ -383,7 +383,7 @@ class LoopFs:
 
 MKFS_BTRFS = ["mkfs.btrfs", "-q", "-f"]
 # inode tables and journal written now, not by a background thread during the runs
-MKFS_EXT4 = ["mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0,nodiscard"]
+MKFS_EXT4 = ["mkfs.ext4", "-q", "-F", "-i", "8192", "-E", "lazy_itable_init=0,lazy_journal_init=0,nodiscard"]
 
 
 class Destination:
