@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import queue
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -91,7 +93,14 @@ class StreamTally:
 
 
 class _StreamFile:
-    """The temporary stream file: buffered writes, a SHA-256 of every byte, errors as StoreError."""
+    """The temporary stream file: buffered writes, a SHA-256 of every byte, errors as StoreError.
+
+    Hashing and writing run on a second thread, a batch of FLUSH_AT bytes at a
+    time (hashlib and os.write release the GIL), while the caller parses the
+    next records; at most IN_FLIGHT batches wait, so memory stays bounded.
+    """
+
+    IN_FLIGHT = 4
 
     def __init__(self, fd: int, path: Path):
         self.fd = fd
@@ -99,25 +108,49 @@ class _StreamFile:
         self.sha256 = hashlib.sha256()
         self.size = 0
         self._buf = bytearray()
+        self._batches: queue.Queue = queue.Queue(self.IN_FLIGHT)
+        self._error: OSError | None = None
+        self._thread = threading.Thread(target=self._drain, name="store-write", daemon=True)
+        self._thread.start()
+
+    def _drain(self) -> None:
+        while (batch := self._batches.get()) is not None:
+            if self._error is not None:
+                continue  # keep taking batches so the producer never blocks
+            try:
+                self.sha256.update(batch)
+                view = memoryview(batch)
+                while view:
+                    view = view[os.write(self.fd, view):]
+            except OSError as e:
+                self._error = e
 
     def write(self, data) -> None:
-        self.sha256.update(data)
         self.size += len(data)
         self._buf += data
         if len(self._buf) >= FLUSH_AT:
-            self.flush()
+            self._hand_over()
 
-    def flush(self) -> None:
-        done = 0
-        try:
-            while done < len(self._buf):
-                done += os.write(self.fd, memoryview(self._buf)[done:])
-            self._buf.clear()
-        except OSError as e:
-            raise os_error(e, "writing the stream into the store failed", self.path) from None
+    def _hand_over(self) -> None:
+        self._check()
+        if self._buf:
+            self._batches.put(self._buf)
+            self._buf = bytearray()
+
+    def _check(self) -> None:
+        if self._error is not None:
+            raise os_error(self._error, "writing the stream into the store failed", self.path) from None
+
+    def close(self) -> None:
+        """Stop the writer thread, after the batches already handed over (or an error)."""
+        if self._thread.is_alive():
+            self._batches.put(None)
+            self._thread.join()
 
     def sync(self) -> None:
-        self.flush()
+        self._hand_over()
+        self.close()
+        self._check()
         try:
             os.fsync(self.fd)
         except OSError as e:
@@ -146,6 +179,7 @@ def receive_into_store(stream: BinaryIO, store_path: str | os.PathLike, *, limit
                     progress(raw.size)
             out.sync()
         finally:
+            out.close()
             os.close(fd)
         entry = tally.entry(reader, out.size, out.sha256.hexdigest(), time.time_ns())
         stored = store.commit(temp, entry)
