@@ -47,6 +47,9 @@ def _err(text: str) -> None:
 
 def _open_input(path: str | None):
     if path in (None, "-"):
+        if sys.stdin.isatty():  # waiting for a stream typed at a terminal would only hang
+            raise click.UsageError("refusing to read a binary stream from a terminal; "
+                                   "pipe one in (rawsend send DIR | ...) or use -f FILE")
         _enlarge_pipe(0)
         return open(0, "rb", buffering=1 << 20, closefd=False)
     try:

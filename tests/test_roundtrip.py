@@ -122,6 +122,23 @@ def test_send_refuses_to_write_binary_to_a_terminal(tmp_path):
     assert b"refusing to write a binary stream to a terminal" in proc.stderr
 
 
+def test_receive_refuses_to_read_a_stream_from_a_terminal(tmp_path):
+    import pty
+    import subprocess
+    import sys
+
+    master, slave = pty.openpty()
+    try:
+        proc = subprocess.run([sys.executable, "-m", "rawsend", "receive", str(tmp_path / "dst")],
+                              stdin=slave, capture_output=True, timeout=60)
+    finally:
+        os.close(slave)
+        os.close(master)
+    assert proc.returncode == 2
+    assert b"refusing to read a binary stream from a terminal" in proc.stderr
+    assert not (tmp_path / "dst").exists()
+
+
 def test_owner_is_kept_when_root(tmp_path, is_root):
     if not is_root:
         pytest.skip("ownership can only be restored by root")
