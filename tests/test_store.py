@@ -26,12 +26,8 @@ from rawsend.stream.records import Compression
 from tests.conftest import pipeline, rawsend_argv, run_rawsend
 from tests.treeutil import diff, snapshot
 
-try:
-    from rawsend.codecs.crypto import Keyring, Sealer  # noqa: F401
-    from rawsend.codecs.keys import load_key
-    HAVE_CRYPTO = True
-except ImportError:
-    HAVE_CRYPTO = False
+from rawsend.codecs.crypto import Sealer
+from rawsend.codecs.keys import load_key
 
 
 # -- helpers ----------------------------------------------------------------------------------
@@ -354,7 +350,6 @@ def test_concurrent_receives_into_a_new_store_both_land(tmp_path, stream_a):
 
 # -- encrypted streams --------------------------------------------------------------------------
 
-@pytest.mark.skipif(not HAVE_CRYPTO, reason="rawsend.codecs.crypto (Sealer, Keyring) is not there yet")
 def test_encrypted_stream_stored_without_key(tmp_path, src_a):
     key_file = tmp_path / "k.key"
     run_rawsend("keygen", "-o", str(key_file), check=True)
