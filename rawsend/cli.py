@@ -433,9 +433,11 @@ def verify(stream_file, key_files, stream_id):
         raise click.UsageError("--stream applies only to a store")
     with _open_input(stream_file) as stream:
         stats = do_receive(stream, NullSink(), keyring=_load_keyring(key_files), require_key=False)
-    summary = (f"{stats.records} records, {stats.files} files, {stats.dirs} dirs, "
+    sealed = stats.encrypted and not stats.authenticated  # names and counts are inside sealed records
+    files = "unknown files and dirs (sealed)" if sealed else f"{stats.files} files, {stats.dirs} dirs"
+    summary = (f"{stats.records} records, {files}, "
                f"{_human(stats.logical_bytes)} logical, {_human(stats.stream_bytes)} stream")
-    if stats.encrypted and not stats.authenticated:
+    if sealed:
         click.echo(f"intact, NOT authenticated (encrypted; no key given): {summary}")
     elif stats.encrypted:
         click.echo(f"OK, authenticated: {summary}")
