@@ -30,6 +30,7 @@ fuzz: $(STAMP)
 
 vectors: $(STAMP)
 	$(BIN)/python spec/vectors/generate.py
+	$(BIN)/python spec/vectors/generate_encrypted.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache
