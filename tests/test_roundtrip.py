@@ -155,3 +155,21 @@ def test_owner_is_kept_when_root(tmp_path, is_root):
     assert (st.st_uid, st.st_gid) == (4321, 8765)
     run_rawsend("receive", "--no-preserve-owner", str(tmp_path / "dst2"), input=stream, check=True)
     assert os.stat(tmp_path / "dst2" / "f").st_uid == os.geteuid()
+
+
+def test_a_socket_is_noted_not_sent_and_send_still_succeeds(tmp_path):
+    import socket
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f").write_text("x")
+    sock = socket.socket(socket.AF_UNIX)
+    try:
+        sock.bind(str(src / "s.sock"))
+        proc = run_rawsend("send", str(src))
+    finally:
+        sock.close()
+    assert proc.returncode == 0, proc.stderr
+    assert b"note: " in proc.stderr and b"s.sock: socket ignored" in proc.stderr
+    run_rawsend("receive", str(tmp_path / "dst"), input=proc.stdout, check=True)
+    assert sorted(os.listdir(tmp_path / "dst")) == ["f"]

@@ -101,7 +101,7 @@ class TreeSource:
             kind = stat.S_IFMT(st.st_mode)
             rtype = _TYPES.get(kind)
             if rtype is None:
-                self.report.warn(f"{child}: socket ignored")
+                self.report.notices.append(f"{child}: socket ignored")  # as tar: not an error
                 continue
             if kind == stat.S_IFDIR:
                 yield from self._dir(dir_fd, dir_id, name, child)
