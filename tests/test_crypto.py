@@ -259,6 +259,34 @@ def test_opener_refuses_a_repeated_nonce_and_mismatched_extent_fields():
         opener.open_extent(3, dataclasses.replace(sealed, encryption=Cipher.CHACHA20_POLY1305), ct)
 
 
+def test_the_nonce_table_is_a_bounded_window():
+    from rawsend.codecs import crypto
+
+    counter = iter(range(1, 10**9))  # distinct nonces; the salt comes first
+
+    def random(n: int) -> bytes:
+        return next(counter).to_bytes(n, "little")
+
+    sealer = Sealer(KEY, Cipher.AES_256_GCM, random=random)
+    header = _header(sealer)
+    sealer.start(header)
+    opener = Opener(KEY, header)
+    window = 64
+    crypto.NONCE_WINDOW, saved = window, crypto.NONCE_WINDOW
+    try:
+        for i in range(1, 3 * window):
+            opener.open_metadata(_raw(i, RecordType.MKDIR, sealer.seal_metadata(i, RecordType.MKDIR, b"x")))
+        assert len(opener._nonces) == window  # memory stays put however long the stream
+        recent = next(iter(reversed(opener._nonces)))
+        repeat = iter([recent])
+        sealer._random = lambda n: next(repeat)
+        i = 3 * window
+        with pytest.raises(AuthenticationFailed, match=f"already used by record {i - 1}"):
+            opener.open_metadata(_raw(i, RecordType.MKDIR, sealer.seal_metadata(i, RecordType.MKDIR, b"y")))
+    finally:
+        crypto.NONCE_WINDOW = saved
+
+
 def test_sealed_body_shorter_than_nonce_and_tag_is_malformed():
     _, header = _started()
     with pytest.raises(MalformedRecord, match="shorter than nonce and tag"):

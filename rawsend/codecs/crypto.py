@@ -185,6 +185,9 @@ class Sealer:
         return end_mac(self._mac_key, header_body, record_count, byte_count, digest)
 
 
+NONCE_WINDOW = 1 << 16  # sealed records whose nonces a reader remembers (about 6.5 MB)
+
+
 class Opener:
     """Opens and authenticates one stream's records with the stream's key."""
 
@@ -193,12 +196,15 @@ class Opener:
         self.header = header
         enc_key, self._mac_key = derive_stream_keys(key.secret, header.salt, header.stream_id)
         self._aead = _AEADS[header.cipher](enc_key)
-        # Every nonce seen, to refuse a repeat: about 100 bytes of memory per sealed
-        # record (some 80 MB per 100 GiB of 128 KiB extents).
-        self._nonces: dict[bytes, int] = {}
+        # The nonces of the last NONCE_WINDOW sealed records, to refuse a repeat.  A window,
+        # not every nonce: memory must not grow with the stream (about 100 bytes a nonce),
+        # and a broken random source repeats soon, not once in millions of records.
+        self._nonces: dict[bytes, int] = {}  # insertion order is the eviction order
 
     def _seen(self, nonce: bytes, index: int, offset: int | None) -> None:
         first = self._nonces.setdefault(nonce, index)
+        if first == index and len(self._nonces) > NONCE_WINDOW:
+            del self._nonces[next(iter(self._nonces))]
         if first != index:
             raise AuthenticationFailed(f"nonce {nonce.hex()} was already used by record {first}",
                                        record=index, offset=offset,
