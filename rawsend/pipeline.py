@@ -18,7 +18,7 @@ from typing import Callable, Iterable, NamedTuple
 from rawsend.codecs.compress import compress, decode
 from rawsend.codecs.crypto import check_sealing
 from rawsend.errors import KeyMissing, MalformedRecord, RawsendError, WrongKey
-from rawsend.sources.tree import DataChunk
+from rawsend.sources.tree import DataChunk, EncodedChunk
 from rawsend.stream.checker import Limits, StreamChecker
 from rawsend.stream.reader import RawRecord, StreamReader
 from rawsend.stream.records import (
@@ -27,14 +27,6 @@ from rawsend.stream.records import (
 from rawsend.stream.writer import StreamWriter
 
 INLINE_BELOW = 16 * 1024  # chunks this small are cheaper to encode than to hand to a thread
-
-
-@dataclass(slots=True)
-class EncodedChunk:
-    """An extent whose payload is already encoded (e.g. read raw from btrfs)."""
-
-    extent: Extent
-    payload: bytes
 
 
 class _Framed(NamedTuple):

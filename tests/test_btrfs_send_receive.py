@@ -526,7 +526,8 @@ def test_lz4_extents_are_decoded_on_btrfs(dest_fs, tmp_path):
 
 def test_lzo_decode_without_python_lzo_names_the_extra(monkeypatch, tmp_path):
     from rawsend.codecs import compress, lzo
-    from rawsend.pipeline import EncodedChunk, receive, send
+    from rawsend.pipeline import receive, send
+    from rawsend.sources.tree import EncodedChunk
     from rawsend.sinks.tree import TreeSink
     from rawsend.stream.records import ROOT_ID, Create
 
@@ -558,7 +559,8 @@ def crafted_stream(size: int, extents: list[tuple[int, int, int, bytes]]) -> io.
     """One file of `size` bytes with zstd extents (offset, num_bytes, unencoded_offset, plain data)."""
     import zstandard
 
-    from rawsend.pipeline import EncodedChunk, send
+    from rawsend.pipeline import send
+    from rawsend.sources.tree import EncodedChunk
     from rawsend.stream.records import ROOT_ID, Create
 
     items = [Create(RecordType.MKDIR, ROOT_ID, 0, b"", 0o40755, 0, 0, 0, 0),

@@ -33,8 +33,7 @@ from pathlib import Path
 from typing import Iterator
 
 from rawsend import btrfs
-from rawsend.pipeline import EncodedChunk
-from rawsend.sources.tree import SourceReport, TreeSource
+from rawsend.sources.tree import EncodedChunk, SourceReport, TreeSource
 from rawsend.stream.records import Compression, Extent
 
 NO_CAP_NOTICE = ("reading compressed btrfs extents as they lie on disk needs CAP_SYS_ADMIN (run as root);"

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Iterator
 
 from rawsend.errors import SourceError
-from rawsend.stream.records import MAX_EXTENT_LEN, ROOT_ID, Create, Link, RecordType, SetXattr
+from rawsend.stream.records import MAX_EXTENT_LEN, ROOT_ID, Create, Extent, Link, RecordType, SetXattr
 
 CHUNK = MAX_EXTENT_LEN  # extents of at most 128 KiB, as btrfs
 
@@ -29,6 +29,14 @@ class DataChunk:
     file_id: int
     offset: int
     data: bytes
+
+
+@dataclass(slots=True)
+class EncodedChunk:
+    """An extent whose payload is already encoded (read raw from btrfs): sent as it is."""
+
+    extent: Extent
+    payload: bytes
 
 
 @dataclass

@@ -41,8 +41,8 @@ from rawsend.codecs.crypto import Keyring, Sealer
 from rawsend.codecs.keys import Key, format_key
 from rawsend.dump import Dumper
 from rawsend.errors import RawsendError
-from rawsend.pipeline import EncodedChunk, NullSink, receive, send
-from rawsend.sources.tree import DataChunk
+from rawsend.pipeline import NullSink, receive, send
+from rawsend.sources.tree import DataChunk, EncodedChunk
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from generate import fix_crc, frame, record_spans, record_types  # noqa: E402  (record surgery is shared)
 from rawsend.stream.records import (
