@@ -3,7 +3,7 @@
 Exit codes: 0 success; 1 the stream or store is damaged, invalid or fails
 authentication (or send finished with warnings); 2 usage error; 3 a local
 problem (source unreadable, destination exists, disk full); 4 a key is
-missing or unusable.
+missing or unusable; 70 an internal error (a bug).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 import click
 
 from rawsend import __version__
-from rawsend.errors import OutputError, RawsendError
+from rawsend.errors import LocalError, OutputError, RawsendError
 from rawsend.stream.records import Compression
 
 F_SETPIPE_SZ = 1031
@@ -47,15 +47,18 @@ def _err(text: str) -> None:
 
 def _open_input(path: str | None):
     if path in (None, "-"):
-        if sys.stdin.isatty():  # waiting for a stream typed at a terminal would only hang
+        if os.isatty(0):  # waiting for a stream typed at a terminal would only hang
             raise click.UsageError("refusing to read a binary stream from a terminal; "
                                    "pipe one in (rawsend send DIR | ...) or use -f FILE")
         _enlarge_pipe(0)
-        return open(0, "rb", buffering=1 << 20, closefd=False)
+        try:
+            return open(0, "rb", buffering=1 << 20, closefd=False)
+        except OSError:
+            raise click.UsageError("there is no standard input: pipe a stream in or use -f FILE") from None
     try:
         return open(path, "rb", buffering=1 << 20)
     except OSError as e:
-        raise click.FileError(path, e.strerror) from None
+        raise LocalError(f"cannot open the stream file: {e.strerror}", path=path) from None
 
 
 def _warn(text: str) -> None:
@@ -69,7 +72,7 @@ def _open_output(output: str | None) -> int:
             return os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
         except OSError as e:
             raise OutputError(f"{e.strerror}", path=output) from None
-    if sys.stdout.isatty():
+    if os.isatty(1):
         raise click.UsageError("refusing to write a binary stream to a terminal; "
                                "pipe it (| rawsend receive DIR) or use -o FILE")
     _enlarge_pipe(1)
@@ -96,6 +99,18 @@ class RawsendGroup(click.Group):
         except BrokenPipeError:
             _err("broken pipe: the other side of the pipe closed")
             sys.exit(3)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise  # usage errors and --help: click prints them
+        except OSError as e:  # a local problem no layer below named more precisely
+            where = f" (at path {e.filename!r})" if e.filename else ""
+            _err(f"{e.strerror or e}{where}")
+            sys.exit(3)
+        except Exception as e:
+            if os.environ.get("RAWSEND_DEBUG"):
+                raise
+            _err(f"internal error: {type(e).__name__}: {e}; this is a bug in rawsend, please report it"
+                 " (RAWSEND_DEBUG=1 shows the traceback)")
+            sys.exit(70)
 
 
 @click.group(cls=RawsendGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -490,7 +505,7 @@ def rekey(old_key, new_key, input_path, output):
         except OSError as e:
             raise OutputError(f"{e.strerror}", path=str(temp)) from None
     else:
-        if sys.stdout.isatty():
+        if os.isatty(1):
             raise click.UsageError("refusing to write a binary stream to a terminal; pipe it or use -o FILE")
         out_fd = 1
         _enlarge_pipe(1)

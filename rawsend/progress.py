@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 
 class Progress:
     def __init__(self, enabled: bool | None, desc: str, total: int | None = None):
         if enabled is None:
-            enabled = sys.stderr.isatty()
+            enabled = os.isatty(2)
         self._bar = None
         if enabled:
             from tqdm import tqdm

@@ -39,3 +39,16 @@ def test_dump_of_garbage_fails_fast_with_a_clear_error():
         proc = run_rawsend("dump", "-", input=data, timeout=30)
         assert proc.returncode == 1
         assert proc.stderr.startswith(b"rawsend: ") and b"Traceback" not in proc.stderr
+
+
+def test_missing_stream_file_and_closed_stdin_are_one_line_errors():
+    import subprocess
+    import sys
+
+    proc = run_rawsend("verify", "/no/such/stream.rs")
+    assert proc.returncode == 3
+    assert proc.stderr.decode().strip() == ("rawsend: cannot open the stream file: No such file or directory"
+                                            " (at path '/no/such/stream.rs')")
+    closed = subprocess.run(f"{sys.executable} -m rawsend verify 0<&-", shell=True, capture_output=True)
+    assert closed.returncode == 2
+    assert b"there is no standard input" in closed.stderr and b"Traceback" not in closed.stderr
