@@ -30,11 +30,6 @@ def _features(bits: int, names: dict[int, str]) -> str:
     return ",".join(out) or "-"
 
 
-def _quote(name: bytes) -> str:
-    # JSON-style escaping keeps odd bytes visible and one record on one line
-    return json.dumps(os.fsdecode(name), ensure_ascii=False)
-
-
 class Dumper:
     """Turns (raw record, typed record) pairs into fields; keeps id -> path for display."""
 
