@@ -31,6 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 with atheris.instrument_imports():
     from rawsend.errors import RawsendError
+    from rawsend.fsutil import pid_alive
     from rawsend.pipeline import NullSink, receive
     from rawsend.sinks.tree import TreeSink
     from rawsend.stream.checker import Limits
@@ -88,16 +89,6 @@ def seed(corpus: Path) -> None:
             (corpus / f"{path.stem}.{mode}").write_bytes(bytes([mode]) + path.read_bytes())
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    return True
-
-
 def main() -> None:
     dirs = [Path(a) for a in sys.argv[1:] if not a.startswith("-")]
     if dirs:
@@ -107,7 +98,7 @@ def main() -> None:
     if not any(a.startswith("-artifact_prefix=") for a in args):
         args = args + [f"-artifact_prefix={HERE / 'crashes'}/"]
     for old in SCRATCH.parent.glob("*"):  # those of earlier runs, whose process is gone
-        if old.name.isdigit() and not _alive(int(old.name)):
+        if old.name.isdigit() and not pid_alive(int(old.name)):
             shutil.rmtree(old, ignore_errors=True)
     shutil.rmtree(SCRATCH, ignore_errors=True)
     SCRATCH.mkdir(parents=True)

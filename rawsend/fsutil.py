@@ -1,11 +1,10 @@
-"""Small filesystem helpers shared by the tree sink and the store."""
+"""Small filesystem helpers shared by the stream writer, the tree sink, the store and key files."""
 
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
-
-_libc = ctypes.CDLL(None, use_errno=True)
 
 
 def pid_alive(pid: int) -> bool:
@@ -19,6 +18,13 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+def write_all(fd: int, data) -> None:
+    """os.write until every byte is written (a pipe or a signal can cut a write short)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
 def fsync_dir(path) -> None:
     """Make a rename or create in ``path`` durable."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -28,8 +34,13 @@ def fsync_dir(path) -> None:
         os.close(fd)
 
 
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(None, use_errno=True)  # loaded on first use, not at every start
+
+
 def syncfs(fd: int) -> None:
     """Flush the whole filesystem holding ``fd``; raises OSError with its error."""
-    if _libc.syncfs(fd) != 0:
+    if _libc().syncfs(fd) != 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))

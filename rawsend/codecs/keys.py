@@ -16,6 +16,7 @@ import stat
 from typing import Callable
 
 from rawsend.errors import KeyFileError
+from rawsend.fsutil import write_all
 
 KEY_PREFIX = b"RAWSEND-KEY-1 "
 KEY_LEN = 32
@@ -124,9 +125,7 @@ def write_key_file(path: str | os.PathLike, key: Key) -> None:
         raise KeyFileError(f"cannot create it: {e.strerror}", path=path) from None
     try:
         os.fchmod(fd, 0o600)  # the umask may have taken bits away, never added: make it exact
-        data = memoryview(format_key(key.secret))
-        while data:
-            data = data[os.write(fd, data):]
+        write_all(fd, format_key(key.secret))
         os.fsync(fd)
     except OSError as e:
         os.close(fd)

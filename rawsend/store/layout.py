@@ -26,7 +26,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from rawsend.errors import StoreDamaged, StoreError
-from rawsend.fsutil import fsync_dir, pid_alive
+from rawsend.fsutil import fsync_dir, pid_alive, write_all
 from rawsend.store.index import IndexEntry
 
 MARKER_NAME = "rawsend-store"
@@ -225,9 +225,7 @@ class Store:
         temp, fd = self.new_temp(".part")
         try:
             try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view):]
+                write_all(fd, data)
                 os.fsync(fd)
             finally:
                 os.close(fd)

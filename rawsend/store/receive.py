@@ -22,6 +22,7 @@ from typing import BinaryIO
 
 from rawsend.codecs.crypto import check_sealing
 from rawsend.errors import MalformedRecord, RawsendError
+from rawsend.fsutil import write_all
 from rawsend.store.index import UNKNOWN, IndexEntry
 from rawsend.store.layout import STREAM_SUFFIX, Store, os_error
 from rawsend.stream.checker import Limits, StreamChecker
@@ -119,9 +120,7 @@ class _StreamFile:
                 continue  # keep taking batches so the producer never blocks
             try:
                 self.sha256.update(batch)
-                view = memoryview(batch)
-                while view:
-                    view = view[os.write(self.fd, view):]
+                write_all(self.fd, batch)
             except OSError as e:
                 self._error = e
 

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import hashlib
-import os
 from typing import Callable
 
 from crc32c import crc32c
 
 from rawsend.errors import OutputError
+from rawsend.fsutil import write_all
 from rawsend.stream.records import (
     CRC_COVERED, MAGIC, MAX_BODY_LEN, MAX_PAYLOAD_LEN, PREAMBLE, RECORD_HEADER, VERSION,
     End, Header, RecordType,
@@ -21,10 +21,8 @@ def fd_writer(fd: int) -> Callable[[bytes], None]:
     """A write callable for a file descriptor that loops on short writes."""
 
     def write(data) -> None:
-        view = memoryview(data)
         try:
-            while view:
-                view = view[os.write(fd, view):]
+            write_all(fd, data)
         except BrokenPipeError:
             raise OutputError("the reading side of the pipe closed (broken pipe)",
                               hint="check the receiving command's error") from None
