@@ -185,6 +185,7 @@ class ReceiveStats:
     authenticated: bool = False
     encrypted: bool = False
     sealed_skipped: int = 0    # records a keyless verify could only check structurally
+    by_compression: dict[str, int] = field(default_factory=dict)  # extents per compression
 
 
 _CREATE_COUNTERS = {RecordType.MKDIR: "dirs", RecordType.MKFILE: "files",
@@ -290,6 +291,8 @@ def _apply(rec, raw: RawRecord, sink, opener, stats: ReceiveStats) -> None:
             stats.extents += 1
             stats.payload_bytes += rec.disk_num_bytes
             stats.logical_bytes += rec.num_bytes
+            name = Compression.NAMES[rec.compression]
+            stats.by_compression[name] = stats.by_compression.get(name, 0) + 1
             if rec.encryption:
                 if opener is None:
                     return

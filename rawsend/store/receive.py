@@ -1,9 +1,9 @@
 """Receiving into a store: check every record as it arrives, keep the bytes exactly as they came.
 
-No payload is decoded, decrypted or changed.  The StreamReader checks the
-framing, every CRC, the caps, END and that nothing follows it; streams that
-are not encrypted also get the structural checks of StreamChecker on their
-metadata.  The stream file is written into STORE/tmp and becomes part of the
+No payload is decoded, decrypted or changed.  pipeline.receive (without a
+key) makes every check a reader makes: framing, every CRC, the caps, END and
+that nothing follows it, the sealing rules, and for streams that are not
+encrypted the structural checks of StreamChecker on their metadata.  The stream file is written into STORE/tmp and becomes part of the
 store only after all of that passed and its bytes were fsynced
 (Store.commit); on any error, or if the process dies, the store is as it was.
 """
@@ -20,14 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from rawsend.codecs.crypto import check_sealing
-from rawsend.errors import MalformedRecord, RawsendError
 from rawsend.fsutil import write_all
+from rawsend.pipeline import NullSink, ReceiveStats, receive
 from rawsend.store.index import UNKNOWN, IndexEntry
 from rawsend.store.layout import STREAM_SUFFIX, Store, os_error
-from rawsend.stream.checker import Limits, StreamChecker
-from rawsend.stream.reader import RawRecord, StreamReader
-from rawsend.stream.records import Cipher, Compression, Extent, Header, RecordType, unpack_body
+from rawsend.stream.checker import Limits
+from rawsend.stream.reader import RawRecord
+from rawsend.stream.records import MAGIC, PREAMBLE, VERSION, Cipher, End, Header, RecordType
 
 FLUSH_AT = 1 << 20  # bytes buffered before one write to the stream file
 
@@ -39,58 +38,23 @@ class StoreReceipt:
     store: Path
 
 
-class StreamTally:
-    """Index fields from the clear parts of a stream, plus the structural checks of clear records."""
+class _PayloadsAsTheyCame(NullSink):
+    """receive() checks every record; a store keeps the raw bytes (on_record) and decodes nothing."""
 
-    def __init__(self, limits: Limits | None = None):
-        self.checker = StreamChecker(limits or Limits())
-        self.header: Header | None = None
-        self.logical_bytes = 0
-        self.files = 0
-        self.compression: dict[str, int] = {}
+    def wants_encoded(self, rec) -> bool:
+        return True
 
-    def add(self, raw: RawRecord, reader: StreamReader) -> None:
-        if raw.type == RecordType.HEADER:
-            self.header = reader.header
-            return
-        encrypted = self.header.encrypted
-        try:
-            if raw.type == RecordType.END:
-                if not encrypted:
-                    self.checker.finish(raw.index)
-                return
-            check_sealing(self.header, raw)
-            if raw.type not in RecordType.NAMES or raw.sealed:
-                return  # a skippable record of a later version, or metadata only the key opens
-            rec = unpack_body(raw.type, raw.body)
-            if isinstance(rec, Extent):
-                check_sealing(self.header, raw, rec)
-                if len(raw.payload) != rec.disk_num_bytes:
-                    raise MalformedRecord(f"payload is {len(raw.payload)} bytes, disk_num_bytes says"
-                                          f" {rec.disk_num_bytes}")
-                self.logical_bytes += rec.num_bytes
-                name = Compression.NAMES[rec.compression]
-                self.compression[name] = self.compression.get(name, 0) + 1
-            elif rec.type == RecordType.MKFILE:
-                self.files += 1
-            if not encrypted:  # keyless, an encrypted stream has no names, so no tree to check
-                self.checker.check(rec, raw.index)
-        except RawsendError as e:
-            if e.record is None:
-                e.record = raw.index
-            if e.offset is None:
-                e.offset = raw.offset
-            raise
 
-    def entry(self, reader: StreamReader, stored_bytes: int, sha256: str, received_ns: int) -> IndexEntry:
-        h = self.header
-        return IndexEntry(
-            stream_id=h.stream_id.hex(), created_ns=h.created_ns, received_ns=received_ns,
-            logical_bytes=self.logical_bytes, stored_bytes=stored_bytes, records=reader.record_count + 1,
-            files=UNKNOWN if h.encrypted else self.files, compression=dict(sorted(self.compression.items())),
-            encrypted=h.encrypted, cipher=Cipher.NAMES[h.cipher],
-            key_id=h.key_id.hex() if h.encrypted else None,
-            end_digest=reader.end.digest.hex(), sha256=sha256)
+def _index_entry(header: Header, end: End, stats: ReceiveStats, stored_bytes: int, sha256: str,
+                 received_ns: int) -> IndexEntry:
+    return IndexEntry(
+        stream_id=header.stream_id.hex(), created_ns=header.created_ns, received_ns=received_ns,
+        logical_bytes=stats.logical_bytes, stored_bytes=stored_bytes, records=stats.records,
+        files=UNKNOWN if header.encrypted else stats.files,  # sealed metadata: only the key can count
+        compression=dict(sorted(stats.by_compression.items())),
+        encrypted=header.encrypted, cipher=Cipher.NAMES[header.cipher],
+        key_id=header.key_id.hex() if header.encrypted else None,
+        end_digest=end.digest.hex(), sha256=sha256)
 
 
 class _StreamFile:
@@ -164,23 +128,27 @@ def receive_into_store(stream: BinaryIO, store_path: str | os.PathLike, *, limit
     temp, fd = store.new_temp(STREAM_SUFFIX)
     try:
         out = _StreamFile(fd, temp)
-        reader = StreamReader(stream)
-        tally = StreamTally(limits)
+        seen: dict[int, object] = {}  # the HEADER and END records, for the index entry
+
+        def keep(raw: RawRecord, rec) -> None:
+            if raw.index == 0:
+                out.write(PREAMBLE.pack(MAGIC, VERSION))  # the reader accepts exactly these bytes
+            if raw.type in (RecordType.HEADER, RecordType.END):
+                seen[raw.type] = rec
+            out.write(raw.header)
+            out.write(raw.body)
+            out.write(raw.payload)
+            if progress:
+                progress(raw.size)
+
         try:
-            for raw in reader:
-                if raw.index == 0:
-                    out.write(reader.preamble)
-                tally.add(raw, reader)
-                out.write(raw.header)
-                out.write(raw.body)
-                out.write(raw.payload)
-                if progress:
-                    progress(raw.size)
+            stats = receive(stream, _PayloadsAsTheyCame(), limits=limits, require_key=False, on_record=keep)
             out.sync()
         finally:
             out.close()
             os.close(fd)
-        entry = tally.entry(reader, out.size, out.sha256.hexdigest(), time.time_ns())
+        entry = _index_entry(seen[RecordType.HEADER], seen[RecordType.END], stats, out.size,
+                             out.sha256.hexdigest(), time.time_ns())
         stored = store.commit(temp, entry)
     except BaseException:
         try:
