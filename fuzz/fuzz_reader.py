@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 with atheris.instrument_imports():
     from rawsend.errors import RawsendError
-    from rawsend.fsutil import pid_alive
+    from rawsend.fsutil import left_by_dead_process
     from rawsend.pipeline import NullSink, receive
     from rawsend.sinks.tree import TreeSink
     from rawsend.stream.checker import Limits
@@ -98,7 +98,7 @@ def main() -> None:
     if not any(a.startswith("-artifact_prefix=") for a in args):
         args = args + [f"-artifact_prefix={HERE / 'crashes'}/"]
     for old in SCRATCH.parent.glob("*"):  # those of earlier runs, whose process is gone
-        if old.name.isdigit() and not pid_alive(int(old.name)):
+        if left_by_dead_process(old.name):
             shutil.rmtree(old, ignore_errors=True)
     shutil.rmtree(SCRATCH, ignore_errors=True)
     SCRATCH.mkdir(parents=True)

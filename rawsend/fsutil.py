@@ -7,15 +7,22 @@ import functools
 import os
 
 
-def pid_alive(pid: int) -> bool:
-    """Whether a process with this pid exists (a temporary file's owner may still be writing)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+def left_by_dead_process(tag: str) -> bool:
+    """Whether a temporary name's tag, "<pid>" or "<pid>-<anything>", names a process that is gone.
+
+    Temporary files and directories carry their writer's pid, so the next run can remove
+    those whose writer died, and only those.
+    """
+    pid = tag.split("-", 1)[0]
+    if not pid.isdigit():
         return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
     except PermissionError:
-        return True  # alive, owned by another user
-    return True
+        return False  # alive, owned by another user
+    return False
 
 
 def write_all(fd: int, data) -> None:

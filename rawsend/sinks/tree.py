@@ -23,7 +23,7 @@ from rawsend import btrfs
 from rawsend.codecs import lzo
 from rawsend.codecs.compress import decode
 from rawsend.errors import DestinationError, MalformedRecord, RawsendError
-from rawsend.fsutil import fsync_dir, pid_alive, syncfs
+from rawsend.fsutil import fsync_dir, left_by_dead_process, syncfs
 from rawsend.stream.records import ROOT_ID, Compression, Create, Extent, Link, RecordType, SetXattr
 
 DIR_FD_CACHE = 64
@@ -105,8 +105,7 @@ def clean_stale_temps(dest: Path) -> list[Path]:
     for p in entries:
         if not p.name.startswith(prefix):
             continue
-        pid_text = p.name[len(prefix):].split("-", 1)[0]
-        if pid_text.isdigit() and not pid_alive(int(pid_text)) and _real_dir(p):  # never a symlink
+        if left_by_dead_process(p.name[len(prefix):]) and _real_dir(p):  # never a symlink
             remove_tree(p)
             removed.append(p)
     return removed

@@ -26,7 +26,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from rawsend.errors import StoreDamaged, StoreError
-from rawsend.fsutil import fsync_dir, pid_alive, write_all
+from rawsend.fsutil import fsync_dir, left_by_dead_process, write_all
 from rawsend.store.index import IndexEntry
 
 MARKER_NAME = "rawsend-store"
@@ -275,8 +275,7 @@ class Store:
         with self.locked():  # no index temp is half-written while the lock is held
             try:
                 for name in os.listdir(self.tmp):
-                    pid = name.split("-", 1)[0]
-                    if pid.isdigit() and not pid_alive(int(pid)):
+                    if left_by_dead_process(name):
                         _unlink(self.tmp / name)
                         removed.append(self.tmp / name)
             except OSError as e:
