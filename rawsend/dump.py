@@ -9,7 +9,7 @@ from datetime import datetime, timezone
 
 from rawsend.stream.reader import RawRecord
 from rawsend.stream.records import (
-    Cipher, Compression, Create, End, Extent, Feature, Header, Link, RecordType, SetXattr,
+    ROOT_ID, Cipher, Compression, Create, End, Extent, Feature, Header, Link, RecordType, SetXattr,
 )
 
 
@@ -36,6 +36,10 @@ class Dumper:
     def __init__(self):
         self.paths: dict[int, str] = {}
 
+    def _child(self, parent_id: int, name: bytes) -> str:
+        parent = self.paths.get(parent_id, "")
+        return (f"{parent}/" if parent not in ("", ".") else "") + os.fsdecode(name)
+
     def fields(self, raw: RawRecord, rec) -> dict:
         f: dict = {"record": raw.index, "offset": raw.offset,
                    "type": RecordType.NAMES.get(raw.type, f"type{raw.type}")}
@@ -47,8 +51,7 @@ class Dumper:
             if rec.encrypted:
                 f["key_id"] = rec.key_id.hex()
         elif isinstance(rec, Create):
-            parent = self.paths.get(rec.parent_id, "")
-            path = "." if rec.file_id == 1 else (f"{parent}/" if parent not in ("", ".") else "") + os.fsdecode(rec.name)
+            path = "." if rec.file_id == ROOT_ID else self._child(rec.parent_id, rec.name)
             self.paths[rec.file_id] = path
             f.update(id=rec.file_id, path=path, mode=f"{stat.S_IMODE(rec.mode):o}", uid=rec.uid, gid=rec.gid,
                      mtime=_time(rec.mtime_ns))
@@ -61,8 +64,7 @@ class Dumper:
             elif rec.type == RecordType.SYMLINK:
                 f["target"] = os.fsdecode(rec.target)
         elif isinstance(rec, Link):
-            parent = self.paths.get(rec.parent_id, "")
-            f.update(id=rec.file_id, path=(f"{parent}/" if parent not in ("", ".") else "") + os.fsdecode(rec.name),
+            f.update(id=rec.file_id, path=self._child(rec.parent_id, rec.name),
                      dest=self.paths.get(rec.file_id, "?"))
         elif isinstance(rec, SetXattr):
             f.update(id=rec.file_id, path=self.paths.get(rec.file_id, "?"), name=os.fsdecode(rec.name),
