@@ -364,12 +364,7 @@ def _verify_store(store, stream_id, key_files) -> None:
         files = e.files if e.encrypted and not stats.authenticated else stats.files
         summary = (f"{stats.records} records, {files} files, {_human(stats.logical_bytes)} logical, "
                    f"{_human(stats.stream_bytes)} stored")
-        if stats.encrypted and not stats.authenticated:
-            click.echo(f"{e.stream_id}: intact, NOT authenticated (encrypted; no key given): {summary}")
-        elif stats.encrypted:
-            click.echo(f"{e.stream_id}: OK, authenticated: {summary}")
-        else:
-            click.echo(f"{e.stream_id}: OK: {summary}")
+        click.echo(f"{e.stream_id}: {_verdict(stats, summary)}")
     if failed:
         _err(f"{len(failed)} of {checked} stored streams failed verification")
         sys.exit(failed[0].exit_code)
@@ -452,12 +447,16 @@ def verify(stream_file, key_files, stream_id):
     files = "unknown files and dirs (sealed)" if sealed else f"{stats.files} files, {stats.dirs} dirs"
     summary = (f"{stats.records} records, {files}, "
                f"{_human(stats.logical_bytes)} logical, {_human(stats.stream_bytes)} stream")
-    if sealed:
-        click.echo(f"intact, NOT authenticated (encrypted; no key given): {summary}")
-    elif stats.encrypted:
-        click.echo(f"OK, authenticated: {summary}")
-    else:
-        click.echo(f"OK: {summary}")
+    click.echo(_verdict(stats, summary))
+
+
+def _verdict(stats, summary: str) -> str:
+    """What verify says of one stream: good, and whether that includes authenticity."""
+    if stats.encrypted and not stats.authenticated:
+        return f"intact, NOT authenticated (encrypted; no key given): {summary}"
+    if stats.encrypted:
+        return f"OK, authenticated: {summary}"
+    return f"OK: {summary}"
 
 
 # -- keygen / rekey -----------------------------------------------------------------------------
