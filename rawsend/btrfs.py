@@ -13,6 +13,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import errno
+import functools
 import os
 import re
 from dataclasses import dataclass
@@ -382,10 +383,16 @@ def encoded_write_refusal(
     return None
 
 
+@functools.lru_cache(maxsize=256)  # the same few reasons come back for every extent
 def refusal_kind(reason: str) -> str:
     """A refusal reason without its numbers ("offset N not sector aligned"),
     so refusals can be counted by kind."""
     return re.sub(r"\b\d+\b", "N", reason)
+
+
+def count_by_kind(counts: dict[str, int], reason: str) -> None:
+    kind = refusal_kind(reason)
+    counts[kind] = counts.get(kind, 0) + 1
 
 
 # --------------------------------------------------------------------------

@@ -10,7 +10,6 @@ appears, complete, after END was checked (spec section "Receiving").
 from __future__ import annotations
 
 import errno
-import functools
 import os
 import secrets
 import shutil
@@ -48,12 +47,7 @@ class TreeReport:
 
     def count_decoded(self, reason: str) -> None:
         self.decoded_extents += 1
-        kind = _refusal_kind(reason)
-        self.decoded_reasons[kind] = self.decoded_reasons.get(kind, 0) + 1
-
-
-# The same few reasons come back for every extent: no regex per extent.
-_refusal_kind = functools.lru_cache(maxsize=256)(btrfs.refusal_kind)
+        btrfs.count_by_kind(self.decoded_reasons, reason)
 
 
 @dataclass(slots=True)

@@ -49,8 +49,7 @@ class BtrfsSourceReport(SourceReport):
 
     def count_decoded(self, reason: str) -> None:
         self.decoded_extents += 1
-        kind = btrfs.refusal_kind(reason)
-        self.decoded_reasons[kind] = self.decoded_reasons.get(kind, 0) + 1
+        btrfs.count_by_kind(self.decoded_reasons, reason)
 
 
 class BtrfsSource(TreeSource):
