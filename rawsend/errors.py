@@ -29,6 +29,13 @@ class RawsendError(Exception):
     def __str__(self) -> str:
         return self.message()
 
+    def locate(self, record: int, offset: int) -> None:
+        """Name the record the error was found in, unless the raiser already named one."""
+        if self.record is None:
+            self.record = record
+        if self.record == record and self.offset is None:
+            self.offset = offset
+
     def where(self) -> str:
         parts = []
         if self.record is not None:

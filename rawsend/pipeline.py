@@ -252,8 +252,8 @@ def receive(stream, sink, *, keyring=None, limits: Limits | None = None, require
             try:
                 if opener is not None or not stats.encrypted:  # keyless: no names, so no tree to check
                     checker.check(rec, raw.index)
-            except Exception as e:
-                _set_where(e, raw)
+            except RawsendError as e:
+                e.locate(raw.index, raw.offset)
                 raise
             _apply(rec, raw, sink, opener, stats)
             if progress and isinstance(rec, Extent):
@@ -277,8 +277,8 @@ def _record(raw: RawRecord, opener, stats: ReceiveStats, header: Header):
         if isinstance(rec, Extent):
             check_sealing(header, raw, rec)  # its encryption fields agree with the header
         return rec
-    except Exception as e:
-        _set_where(e, raw)
+    except RawsendError as e:
+        e.locate(raw.index, raw.offset)
         raise
 
 
@@ -313,17 +313,9 @@ def _apply(rec, raw: RawRecord, sink, opener, stats: ReceiveStats) -> None:
         elif rec.type == RecordType.SET_XATTR:
             stats.xattrs += 1
             sink.xattr(rec)
-    except Exception as e:
-        _set_where(e, raw)
+    except RawsendError as e:
+        e.locate(raw.index, raw.offset)
         raise
-
-
-def _set_where(e: BaseException, raw: RawRecord) -> None:
-    if isinstance(e, RawsendError):
-        if e.record is None:
-            e.record = raw.index
-        if e.offset is None:
-            e.offset = raw.offset
 
 
 class NullSink:

@@ -89,9 +89,6 @@ def rekey(stream: BinaryIO, write: Callable[[bytes], None], old: Key | Keyring, 
                     checker.check(unpack_body(raw.type, body), raw.index)
                 writer.write_record(raw.type, sealer.seal_metadata(raw.index, raw.type, body), flags=raw.flags)
         except RawsendError as e:
-            if e.record is None:
-                e.record, e.offset = raw.index, raw.offset
-            elif e.record == raw.index and e.offset is None:
-                e.offset = raw.offset
+            e.locate(raw.index, raw.offset)
             raise
     raise AssertionError("unreachable: the reader ends with END or an error")

@@ -148,7 +148,7 @@ class StreamReader:
         try:
             self.header = Header.unpack(first.body)
         except StreamError as e:
-            e.record, e.offset = 0, first.offset
+            e.locate(0, first.offset)
             raise
         unknown = self.header.required_features & ~Feature.SUPPORTED_REQUIRED
         if unknown:
@@ -182,7 +182,7 @@ class StreamReader:
         try:
             end = End.unpack(rec.body)
         except StreamError as e:
-            e.record, e.offset = rec.index, rec.offset
+            e.locate(rec.index, rec.offset)
             raise
         self.digest = self._digest.digest()
         if end.record_count != self.record_count:
