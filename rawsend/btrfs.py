@@ -383,6 +383,45 @@ def encoded_write_refusal(
     return None
 
 
+def may_be_inline(*, offset: int, num_bytes: int, unencoded_len: int, unencoded_offset: int,
+                  sector_size: int, dest_size: int) -> bool:
+    """Whether ENCODED_WRITE may store this extent inline (in the file's b-tree leaf).
+
+    btrfs_do_encoded_write() tries an inline extent for a write at offset 0 of a whole
+    extent (len == unencoded_len, unencoded_offset 0), and can_cow_file_range_inline()
+    takes it when it is at most one sector, reaches i_size and the payload fits
+    max_inline. max_inline is a mount option userspace cannot read reliably, so the
+    payload size is left out: this says True for every extent that might go inline.
+    """
+    return (offset == 0 and unencoded_offset == 0 and num_bytes == unencoded_len
+            and unencoded_len <= sector_size and num_bytes >= dest_size)
+
+
+def readback_refusal(*, payload, decoded_len: int | None, compression: int, unencoded_len: int,
+                     inline: bool) -> str | None:
+    """Why btrfs would not read this extent back as its decoded bytes, or None.
+
+    A regular compressed extent whose payload decodes short reads back zero-filled
+    (the read path zero-fills the rest of the bio), as the stream format says. An
+    inline extent does not: zlib_decompress(), zstd_decompress() and lzo_decompress()
+    fail the read with EIO when they produce fewer than ram_bytes (= len) bytes, and
+    lzo_decompress() also wants exactly one segment and no padding (else EUCLEAN).
+    `decoded_len` None means the payload could not be decoded here (LZO without
+    python-lzo): only the framing is checked.
+    """
+    if not inline:
+        return None
+    if COMPRESSION_LZO_4K <= compression <= COMPRESSION_LZO_64K:
+        total = int.from_bytes(bytes(payload[:4]), "little") if len(payload) >= 4 else -1
+        segment = int.from_bytes(bytes(payload[4:8]), "little") if len(payload) >= 8 else -1
+        if total != len(payload) or segment != len(payload) - 8:
+            return "LZO frame not one unpadded segment where btrfs may store the extent inline"
+    if decoded_len is not None and decoded_len < unencoded_len:
+        return (f"payload decodes to {decoded_len} of {unencoded_len} bytes where btrfs may store"
+                " the extent inline")
+    return None
+
+
 @functools.lru_cache(maxsize=256)  # the same few reasons come back for every extent
 def refusal_kind(reason: str) -> str:
     """A refusal reason without its numbers ("offset N not sector aligned"),

@@ -63,6 +63,18 @@ def decode(payload, compression: int, unencoded_len: int, sector_size: int = 409
     Memory is bounded by unencoded_len (at most 128 KiB): no decoder is ever
     asked for more than unencoded_len + 1 bytes, whatever the payload declares.
     """
+    out = decode_short(payload, compression, unencoded_len)
+    if len(out) < unencoded_len:
+        out = out + bytes(unencoded_len - len(out))
+    return out
+
+
+def decode_short(payload, compression: int, unencoded_len: int) -> bytes:
+    """decode() without the zero extension: what the payload itself decodes to.
+
+    A btrfs receiver needs the real length: the kernel zero-fills a short regular
+    extent but fails every read of a short inline one (spec/btrfs.md section 3).
+    """
     if compression == Compression.NONE:
         out = bytes(payload)
     elif compression == Compression.ZSTD:
@@ -77,7 +89,8 @@ def decode(payload, compression: int, unencoded_len: int, sector_size: int = 409
     elif Compression.LZO_4K <= compression <= Compression.LZO_4K + 4:
         from rawsend.codecs import lzo
         try:
-            out = lzo.decode_btrfs_lzo(payload, unencoded_len, 4096 << (compression - Compression.LZO_4K))
+            out = lzo.decode_btrfs_lzo(payload, unencoded_len, 4096 << (compression - Compression.LZO_4K),
+                                       zero_extend=False)
         except lzo.LzoUnavailableError:
             raise DecodeError("btrfs LZO extent, and the optional LZO support is not installed",
                               hint="install it with: pip install 'rawsend[lzo]' (python-lzo, needs liblzo2-dev),"
@@ -88,8 +101,6 @@ def decode(payload, compression: int, unencoded_len: int, sector_size: int = 409
         raise DecodeError(f"unknown compression {compression}")
     if len(out) > unencoded_len:
         raise DecodeError(f"payload decodes to more than unencoded_len {unencoded_len}")
-    if len(out) < unencoded_len:
-        out = out + bytes(unencoded_len - len(out))
     return out
 
 

@@ -66,7 +66,7 @@ def lzo1x_worst_compress(n: int) -> int:
     return n + n // 16 + 64 + 3
 
 
-def decode_btrfs_lzo(payload, unencoded_len: int, sector_size: int) -> bytes:
+def decode_btrfs_lzo(payload, unencoded_len: int, sector_size: int, *, zero_extend: bool = True) -> bytes:
     """Decode one btrfs LZO extent to exactly `unencoded_len` bytes.
 
     `payload` is the encoded extent as ENCODED_READ returns it (padded or
@@ -78,6 +78,7 @@ def decode_btrfs_lzo(payload, unencoded_len: int, sector_size: int) -> bytes:
 
     Raises LzoFramingError / LzoDataError (both ValueError) naming the byte
     offset in `payload`, and LzoUnavailableError if python-lzo is missing.
+    zero_extend=False returns the decoded bytes as they are, possibly fewer.
     """
     lzo = _require_lzo()
     payload = memoryview(payload).cast("B")
@@ -137,7 +138,7 @@ def decode_btrfs_lzo(payload, unencoded_len: int, sector_size: int) -> bytes:
         if left_in_sector < LZO_LEN:
             pos += left_in_sector  # zero padding: no room for a header here
 
-    if len(out) < unencoded_len:
+    if zero_extend and len(out) < unencoded_len:
         out += bytes(unencoded_len - len(out))
     return bytes(out)
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from rawsend import btrfs
 from rawsend.codecs import lzo
-from rawsend.codecs.compress import decode
+from rawsend.codecs.compress import decode, decode_short
 from rawsend.errors import DestinationError, MalformedRecord, RawsendError
 from rawsend.fsutil import fsync_dir, left_by_dead_process, syncfs
 from rawsend.stream.records import ROOT_ID, Compression, Create, Extent, Link, RecordType, SetXattr
@@ -309,8 +309,11 @@ class TreeSink:
     def extent_encoded(self, rec: Extent, payload) -> None:
         """Write one compressed extent: verbatim with ENCODED_WRITE, or decoded with pwrite."""
         reason = self._encoded_refusal(rec, payload)
+        decoded = None
         if reason is None:
-            self._check_payload(rec, payload)
+            decoded = self._check_payload(rec, payload)
+            reason = self._readback_refusal(rec, payload, decoded)
+        if reason is None:
             try:
                 btrfs.encoded_write(self._cur_fd, rec.offset, payload, rec.num_bytes, rec.unencoded_len,
                                     rec.unencoded_offset, rec.compression)
@@ -325,21 +328,36 @@ class TreeSink:
                 if e.errno in (errno.ENOTTY, errno.EOPNOTSUPP, errno.EPERM):
                     self._no_encoded = reason  # it will refuse every other one as well
         self.report.count_decoded(reason)
-        data = decode(payload, rec.compression, rec.unencoded_len)
+        if decoded is None:
+            data = decode(payload, rec.compression, rec.unencoded_len)
+        else:  # already decoded by the check: zero-extend it as decode() does
+            data = decoded + bytes(rec.unencoded_len - len(decoded))
         self.extent(rec, memoryview(data)[rec.unencoded_offset:rec.unencoded_offset + rec.num_bytes])
 
-    def _check_payload(self, rec: Extent, payload) -> None:
-        """Decode into a bounded buffer and drop the result, before a verbatim write.
+    def _check_payload(self, rec: Extent, payload) -> bytes | None:
+        """Decode into a bounded buffer before a verbatim write; the bytes it decodes to.
 
         The kernel stores encoded payloads unchecked: a frame that does not decode
         would be accepted and only fail (EIO) when the file is read.  A receive must
         not leave such a file behind looking complete, so a payload that does not
-        decode ends the receive with DecodeError, as it does off btrfs.
+        decode ends the receive with DecodeError, as it does off btrfs.  None: an LZO
+        payload and no decoder here.
         """
         if not lzo.AVAILABLE and Compression.LZO_4K <= rec.compression <= Compression.LZO_4K + 4:
             self.report.unchecked_extents += 1  # no decoder here: the summary says so
-            return
-        decode(payload, rec.compression, rec.unencoded_len)
+            return None
+        return decode_short(payload, rec.compression, rec.unencoded_len)
+
+    def _readback_refusal(self, rec: Extent, payload, decoded: bytes | None) -> str | None:
+        """Why btrfs would not read this extent back as the stream's bytes (a short
+        payload where the kernel may store it inline), or None to write it verbatim."""
+        inline = btrfs.may_be_inline(
+            offset=rec.offset, num_bytes=rec.num_bytes, unencoded_len=rec.unencoded_len,
+            unencoded_offset=rec.unencoded_offset, sector_size=self._sector_size,
+            dest_size=self._cur_rec.size)
+        return btrfs.readback_refusal(
+            payload=payload, decoded_len=None if decoded is None else len(decoded),
+            compression=rec.compression, unencoded_len=rec.unencoded_len, inline=inline)
 
     def _encoded_refusal(self, rec: Extent, payload) -> str | None:
         """Why this extent cannot go in with ENCODED_WRITE, or None to try it."""
