@@ -42,12 +42,12 @@ class TreeReport:
     warnings: list[str] = field(default_factory=list)
     encoded_extents: int = 0   # compressed extents written verbatim (BTRFS_IOC_ENCODED_WRITE)
     decoded_extents: int = 0   # compressed extents decoded and written with pwrite
-    decoded_reasons: dict[str, int] = field(default_factory=dict)  # why, by kind
+    decoded_reasons: dict[btrfs.RefusalKind, int] = field(default_factory=dict)  # why, by kind
     unchecked_extents: int = 0  # LZO extents written verbatim without python-lzo to check them
 
-    def count_decoded(self, reason: str) -> None:
+    def count_decoded(self, why: btrfs.Refusal) -> None:
         self.decoded_extents += 1
-        btrfs.count_by_kind(self.decoded_reasons, reason)
+        btrfs.count_by_kind(self.decoded_reasons, why)
 
 
 @dataclass(slots=True)
@@ -123,7 +123,7 @@ class TreeSink:
         self._cur_rec: Create | None = None
         # Why compressed extents cannot be written verbatim here at all (None: they can
         # be tried), and the btrfs sector size they are checked against; set in begin().
-        self._no_encoded: str | None = None if encoded_writes else "decoding asked for (--no-raw)"
+        self._no_encoded: btrfs.Refusal | None = None if encoded_writes else btrfs.NO_RAW
         self._sector_size = 0
         self._cur_nodatasum: bool | None = None  # known once the current file gets a compressed extent
         self._cur_end = 0  # where the current file's data written so far ends
@@ -150,9 +150,9 @@ class TreeSink:
         self._dir_fds[ROOT_ID] = fd
         if self._no_encoded is None:
             if not btrfs.is_btrfs(fd):
-                self._no_encoded = "destination is not btrfs"
+                self._no_encoded = btrfs.NOT_BTRFS
             elif not btrfs.has_cap_sys_admin():
-                self._no_encoded = "no CAP_SYS_ADMIN for encoded writes (run as root)"
+                self._no_encoded = btrfs.NO_CAP
             else:
                 self._sector_size = btrfs.sector_size(fd)
         st = os.fstat(fd)
@@ -322,9 +322,9 @@ class TreeSink:
             except OSError as e:
                 # btrfs receive falls back on exactly EINVAL, ENOSPC and ENOTTY.  Nothing was
                 # written when the kernel refuses: its checks come before any allocation.
-                if e.errno not in (errno.EINVAL, errno.ENOSPC, errno.ENOTTY, errno.EOPNOTSUPP, errno.EPERM):
+                if e.errno not in btrfs.KERNEL_REFUSALS:
                     raise self._os_error(e, rec.file_id) from None
-                reason = f"kernel refused the encoded write ({errno.errorcode[e.errno]})"
+                reason = btrfs.KERNEL_REFUSALS[e.errno]
                 if e.errno in (errno.ENOTTY, errno.EOPNOTSUPP, errno.EPERM):
                     self._no_encoded = reason  # it will refuse every other one as well
         self.report.count_decoded(reason)
@@ -348,7 +348,7 @@ class TreeSink:
             return None
         return decode_short(payload, rec.compression, rec.unencoded_len)
 
-    def _readback_refusal(self, rec: Extent, payload, decoded: bytes | None) -> str | None:
+    def _readback_refusal(self, rec: Extent, payload, decoded: bytes | None) -> btrfs.Refusal | None:
         """Why btrfs would not read this extent back as the stream's bytes (a short
         payload where the kernel may store it inline), or None to write it verbatim."""
         inline = btrfs.may_be_inline(
@@ -359,12 +359,13 @@ class TreeSink:
             payload=payload, decoded_len=None if decoded is None else len(decoded),
             compression=rec.compression, unencoded_len=rec.unencoded_len, inline=inline)
 
-    def _encoded_refusal(self, rec: Extent, payload) -> str | None:
+    def _encoded_refusal(self, rec: Extent, payload) -> btrfs.Refusal | None:
         """Why this extent cannot go in with ENCODED_WRITE, or None to try it."""
         if self._no_encoded is not None:
             return self._no_encoded
         if rec.compression not in BTRFS_COMPRESSIONS:
-            return f"{Compression.NAMES.get(rec.compression, rec.compression)} is not a btrfs compression"
+            return btrfs.refusal(btrfs.RefusalKind.NOT_BTRFS_COMPRESSION,
+                                 f"{Compression.NAMES.get(rec.compression, rec.compression)} is not a btrfs compression")
         if self._cur_nodatasum is None:
             try:
                 self._cur_nodatasum = btrfs.is_nodatasum(self._cur_fd)

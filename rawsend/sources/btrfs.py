@@ -45,11 +45,11 @@ class BtrfsSourceReport(SourceReport):
     raw_extents: int = 0       # compressed extents sent as they lie on disk
     raw_bytes: int = 0         # their payload bytes
     decoded_extents: int = 0   # compressed extents sent as decoded bytes instead
-    decoded_reasons: dict[str, int] = field(default_factory=dict)  # why, by kind
+    decoded_reasons: dict[btrfs.RefusalKind, int] = field(default_factory=dict)  # why, by kind
 
-    def count_decoded(self, reason: str) -> None:
+    def count_decoded(self, why: btrfs.Refusal) -> None:
         self.decoded_extents += 1
-        btrfs.count_by_kind(self.decoded_reasons, reason)
+        btrfs.count_by_kind(self.decoded_reasons, why)
 
 
 class BtrfsSource(TreeSource):
@@ -156,14 +156,16 @@ class BtrfsSource(TreeSource):
         return pos
 
 
-def _raw_refusal(e: btrfs.EncodedExtent, num_bytes: int, size: int, sector: int) -> str | None:
+def _raw_refusal(e: btrfs.EncodedExtent, num_bytes: int, size: int, sector: int) -> btrfs.Refusal | None:
     """Why this compressed extent should go out decoded, or None to send it raw."""
     if e.compression not in Compression.NAMES:
-        return f"compression {e.compression} unknown to the stream format"
+        return btrfs.refusal(btrfs.RefusalKind.SOURCE_UNKNOWN_COMPRESSION,
+                             f"compression {e.compression} unknown to the stream format")
     if len(e.data) > num_bytes:
         # A partly referenced extent: sending all of it would move (and make the
         # receiver store) more than the plain bytes.  btrfs send decides the same way.
-        return f"extent of {len(e.data)} bytes on disk covers only {num_bytes} bytes of the file"
+        return btrfs.refusal(btrfs.RefusalKind.PARTLY_REFERENCED,
+                             f"extent of {len(e.data)} bytes on disk covers only {num_bytes} bytes of the file")
     # What a btrfs receiver would refuse, no receiver should get: the rules are
     # the kernel's, with the source's sector size and the file's final size
     # (a receiver sets i_size before writing extents).
