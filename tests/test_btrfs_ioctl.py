@@ -160,6 +160,67 @@ def test_refusal_rejects_each_rule(change, words, _):
 
 
 # --------------------------------------------------------------------------
+# readback_refusal: what would not read back as its decoded bytes
+# --------------------------------------------------------------------------
+
+WHOLE = dict(offset=0, num_bytes=4096, unencoded_len=4096, unencoded_offset=0, sector_size=4096,
+             dest_size=4096)
+
+
+@pytest.mark.parametrize("change, inline", [
+    ({}, True),
+    ({"num_bytes": 1000, "unencoded_len": 1000, "dest_size": 1000}, True),
+    ({"dest_size": 0}, True),                                    # the write sets i_size
+    ({"offset": 4096, "dest_size": 8192}, False),                 # inline extents start at 0
+    ({"dest_size": 8192}, False),                                 # not the whole file
+    ({"num_bytes": 8192, "unencoded_len": 8192, "dest_size": 8192}, False),  # over a sector
+    ({"num_bytes": 2048, "dest_size": 2048}, False),              # part of an extent
+    ({"unencoded_offset": 4096, "unencoded_len": 8192}, False),
+])
+def test_may_be_inline(change, inline):
+    assert btrfs.may_be_inline(**{**WHOLE, **change}) is inline
+
+
+def _lzo_start(total: int, segment: int, length: int) -> bytes:
+    return struct.pack("<II", total, segment) + bytes(length - 8)
+
+
+@pytest.mark.parametrize("args, kind", [
+    (dict(payload=b"x" * 50, decoded_len=4096, compression=COMPRESSION_ZSTD, inline=True), None),
+    (dict(payload=b"x" * 50, decoded_len=4095, compression=COMPRESSION_ZSTD, inline=True),
+     RefusalKind.SHORT_INLINE),
+    (dict(payload=b"x" * 50, decoded_len=100, compression=COMPRESSION_ZLIB, inline=True),
+     RefusalKind.SHORT_INLINE),
+    # a regular extent reads back zero-filled: short is fine there
+    (dict(payload=b"x" * 50, decoded_len=100, compression=COMPRESSION_ZLIB, inline=False), None),
+    (dict(payload=_lzo_start(60, 52, 60), decoded_len=4096, compression=COMPRESSION_LZO_4K, inline=True),
+     None),
+    (dict(payload=_lzo_start(60, 52, 70), decoded_len=4096, compression=COMPRESSION_LZO_4K, inline=True),
+     RefusalKind.LZO_INLINE_FORM),                               # padded
+    (dict(payload=_lzo_start(60, 20, 60), decoded_len=4096, compression=COMPRESSION_LZO_4K, inline=True),
+     RefusalKind.LZO_INLINE_FORM),                               # more than one segment
+    (dict(payload=b"\x04\x00", decoded_len=None, compression=COMPRESSION_LZO_4K, inline=True),
+     RefusalKind.LZO_INLINE_FORM),
+    # no LZO decoder: the framing is all that is checked
+    (dict(payload=_lzo_start(60, 52, 60), decoded_len=None, compression=COMPRESSION_LZO_4K, inline=True),
+     None),
+    (dict(payload=_lzo_start(60, 52, 70), decoded_len=100, compression=COMPRESSION_LZO_4K, inline=False),
+     None),
+])
+def test_readback_refusal(args, kind):
+    why = btrfs.readback_refusal(unencoded_len=4096, **args)
+    assert (why and why.kind) == kind
+
+
+def test_decode_short_does_not_zero_extend():
+    from rawsend.codecs.compress import decode, decode_short
+
+    payload = zlib.compress(b"a" * 100)
+    assert decode_short(payload, COMPRESSION_ZLIB, 4096) == b"a" * 100
+    assert decode(payload, COMPRESSION_ZLIB, 4096) == b"a" * 100 + bytes(3996)
+
+
+# --------------------------------------------------------------------------
 # LZO framing (no btrfs needed)
 # --------------------------------------------------------------------------
 
