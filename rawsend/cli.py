@@ -20,6 +20,7 @@ import click
 from rawsend import __version__
 from rawsend.errors import LocalError, OutputError, RawsendError
 from rawsend.stream.records import Compression
+from rawsend.text import echo, json_line
 
 F_SETPIPE_SZ = 1031
 PIPE_SIZE = 1 << 20  # a 1 MiB pipe moves about 3x more than the default 64 KiB one
@@ -42,7 +43,7 @@ def _human(n: float) -> str:
 
 
 def _err(text: str) -> None:
-    click.echo(f"rawsend: {text}", err=True)
+    echo(f"rawsend: {text}", err=True)
 
 
 def _open_input(path: str | None):
@@ -364,12 +365,12 @@ def _verify_store(store, stream_id, key_files) -> None:
         files = e.files if e.encrypted and not stats.authenticated else stats.files
         summary = (f"{stats.records} records, {files} files, {_human(stats.logical_bytes)} logical, "
                    f"{_human(stats.stream_bytes)} stored")
-        click.echo(f"{e.stream_id}: {_verdict(stats, summary)}")
+        echo(f"{e.stream_id}: {_verdict(stats, summary)}")
     if failed:
         _err(f"{len(failed)} of {checked} stored streams failed verification")
         sys.exit(failed[0].exit_code)
     if not checked:
-        click.echo("the store holds no stream")
+        echo("the store holds no stream")
 
 
 @main.command("ls")
@@ -378,19 +379,18 @@ def _verify_store(store, stream_id, key_files) -> None:
 def ls(store, as_json):
     """List the streams of STORE, oldest received first; no key needed."""
     import dataclasses
-    import json
 
     from rawsend.store import Store
 
     damaged = []
     for e in Store.open(store).entries(damaged):
         if as_json:
-            click.echo(json.dumps(dataclasses.asdict(e), sort_keys=True))
+            echo(json_line(dataclasses.asdict(e), sort_keys=True))
             continue
         mix = ",".join(f"{name}:{n}" for name, n in e.compression.items()) or "no-extents"
         crypt = f"encrypted {e.cipher} key {e.key_id}" if e.encrypted else "not-encrypted"
-        click.echo(f"{e.stream_id}  {_utc(e.received_ns)}  {_human(e.logical_bytes)} logical  "
-                   f"{_human(e.stored_bytes)} stored  {e.files} files  {mix}  {crypt}")
+        echo(f"{e.stream_id}  {_utc(e.received_ns)}  {_human(e.logical_bytes)} logical  "
+             f"{_human(e.stored_bytes)} stored  {e.files} files  {mix}  {crypt}")
     for error in damaged:
         _err(str(error))
     if damaged:
@@ -413,7 +413,7 @@ def dump(stream_file, as_json, key_files):
     fmt = dumper.json_line if as_json else dumper.line
 
     def show(raw, rec):
-        click.echo(fmt(raw, rec))
+        echo(fmt(raw, rec))
 
     with _open_input(stream_file) as stream:
         try:
@@ -447,7 +447,7 @@ def verify(stream_file, key_files, stream_id):
     files = "unknown files and dirs (sealed)" if sealed else f"{stats.files} files, {stats.dirs} dirs"
     summary = (f"{stats.records} records, {files}, "
                f"{_human(stats.logical_bytes)} logical, {_human(stats.stream_bytes)} stream")
-    click.echo(_verdict(stats, summary))
+    echo(_verdict(stats, summary))
 
 
 def _verdict(stats, summary: str) -> str:
