@@ -1,12 +1,15 @@
-"""Human and JSON lines describing each record of a stream, like `btrfs receive --dump`."""
+"""Human and JSON lines describing each record of a stream, like `btrfs receive --dump`.
+
+Names, link targets and xattr names are kept as the stream's bytes and shown only through
+rawsend.text: quoted and escaped in text lines, exact (or escaped plus hex) in JSON.
+"""
 
 from __future__ import annotations
 
-import json
-import os
 import stat
 from datetime import datetime, timezone
 
+from rawsend import text
 from rawsend.stream.reader import RawRecord
 from rawsend.stream.records import (
     ROOT_ID, Cipher, Compression, Create, End, Extent, Feature, Header, Link, RecordType, SetXattr,
@@ -31,14 +34,18 @@ def _features(bits: int, names: dict[int, str]) -> str:
 
 
 class Dumper:
-    """Turns (raw record, typed record) pairs into fields; keeps id -> path for display."""
+    """Turns (raw record, typed record) pairs into fields; keeps id -> path for display.
+
+    Fields taken from the stream (path, dest, target, name) are bytes, None for a path
+    not known (a sealed stream read without its key).
+    """
 
     def __init__(self):
-        self.paths: dict[int, str] = {}
+        self.paths: dict[int, bytes] = {}
 
-    def _child(self, parent_id: int, name: bytes) -> str:
-        parent = self.paths.get(parent_id, "")
-        return (f"{parent}/" if parent not in ("", ".") else "") + os.fsdecode(name)
+    def _child(self, parent_id: int, name: bytes) -> bytes:
+        parent = self.paths.get(parent_id, b"")
+        return (parent + b"/" if parent not in (b"", b".") else b"") + name
 
     def fields(self, raw: RawRecord, rec) -> dict:
         f: dict = {"record": raw.index, "offset": raw.offset,
@@ -51,7 +58,7 @@ class Dumper:
             if rec.encrypted:
                 f["key_id"] = rec.key_id.hex()
         elif isinstance(rec, Create):
-            path = "." if rec.file_id == ROOT_ID else self._child(rec.parent_id, rec.name)
+            path = b"." if rec.file_id == ROOT_ID else self._child(rec.parent_id, rec.name)
             self.paths[rec.file_id] = path
             f.update(id=rec.file_id, path=path, mode=f"{stat.S_IMODE(rec.mode):o}", uid=rec.uid, gid=rec.gid,
                      mtime=_time(rec.mtime_ns))
@@ -62,15 +69,15 @@ class Dumper:
                              stat.S_IFSOCK: "socket"}[stat.S_IFMT(rec.mode)]
                 f["rdev"] = rec.size
             elif rec.type == RecordType.SYMLINK:
-                f["target"] = os.fsdecode(rec.target)
+                f["target"] = rec.target
         elif isinstance(rec, Link):
             f.update(id=rec.file_id, path=self._child(rec.parent_id, rec.name),
-                     dest=self.paths.get(rec.file_id, "?"))
+                     dest=self.paths.get(rec.file_id))
         elif isinstance(rec, SetXattr):
-            f.update(id=rec.file_id, path=self.paths.get(rec.file_id, "?"), name=os.fsdecode(rec.name),
+            f.update(id=rec.file_id, path=self.paths.get(rec.file_id), name=rec.name,
                      len=len(rec.value))
         elif isinstance(rec, Extent):
-            f.update(id=rec.file_id, path=self.paths.get(rec.file_id, "?"), file_offset=rec.offset,
+            f.update(id=rec.file_id, path=self.paths.get(rec.file_id), file_offset=rec.offset,
                      num_bytes=rec.num_bytes, unencoded_len=rec.unencoded_len,
                      unencoded_offset=rec.unencoded_offset, disk_num_bytes=rec.disk_num_bytes,
                      compression=Compression.NAMES[rec.compression], encryption=Cipher.NAMES[rec.encryption])
@@ -89,10 +96,24 @@ class Dumper:
     def line(self, raw: RawRecord, rec) -> str:
         f = self.fields(raw, rec)
         head = f"{f.pop('record'):>6} {f.pop('offset'):>10} {f.pop('type'):<10}"
-        path = f.pop("path", None)
-        if path is not None:
-            head += f" {json.dumps(path, ensure_ascii=False):<24}"
-        return head + "".join(f" {k}={v}" for k, v in f.items())
+        if "path" in f:
+            head += f" {_text_value(f.pop('path')):<24}"
+        return head + "".join(f" {k}={_text_value(v)}" for k, v in f.items())
 
     def json_line(self, raw: RawRecord, rec) -> str:
-        return json.dumps(self.fields(raw, rec), ensure_ascii=False)
+        out: dict = {}
+        for k, v in self.fields(raw, rec).items():
+            if isinstance(v, bytes):
+                out[k], exact = text.json_bytes(v)
+                if exact is not None:  # not UTF-8: out[k] is the escaped form, this the bytes
+                    out[f"{k}_hex"] = exact
+            else:
+                out[k] = v
+        return text.json_line(out)
+
+
+def _text_value(v) -> str:
+    """Stream bytes quoted and escaped, so no name can end a field or a line; ? when unknown."""
+    if isinstance(v, bytes):
+        return text.quote(v)
+    return "?" if v is None else str(v)

@@ -22,6 +22,15 @@ def test_json_lines_describe_every_record():
     assert link["path"] == "fox-link.txt" and link["dest"] == "docs/fox.txt"
 
 
+def test_a_path_a_keyless_reader_cannot_know_is_null_not_a_name():
+    stream = str(VECTORS / "encrypted" / "good_aes256gcm.rs")
+    records = [json.loads(line) for line in run_rawsend("dump", "--json", stream, check=True).stdout.splitlines()]
+    extents = [r for r in records if r["type"] == "extent"]
+    assert extents and all(r["path"] is None for r in extents)
+    lines = run_rawsend("dump", stream, check=True).stdout.decode().splitlines()
+    assert all(line.split()[3] == "?" for line in lines if line.split()[2] == "extent")
+
+
 def test_dump_reads_stdin_and_stops_quietly_when_its_reader_does(tmp_path):
     data = (VECTORS / "good_plain.rs").read_bytes()
     proc = run_rawsend("dump", "-", input=data, check=True)

@@ -17,13 +17,41 @@ from hypothesis import given, strategies as st
 from rawsend import text
 from rawsend.stream.records import SetXattr
 from tests.conftest import run_rawsend
-from tests.hostile import mkfile, tree_stream
+from tests.hostile import Link, mkdir, mkfile, plain_extent, symlink, tree_stream
 
 ENVS = {
     "C.UTF-8": {"LC_ALL": "C.UTF-8"},
     "PYTHONIOENCODING=utf-8": {"LC_ALL": "C.UTF-8", "PYTHONIOENCODING": "utf-8"},
     "C": {"LC_ALL": "C"},
 }
+
+FORGED_LINE = b'     9        999 mkfile     "evil"                   id=9 mode=4755 uid=0 gid=0'
+DIR = b"d\xff\x9b\x1b[2J"                    # not UTF-8, a raw CSI byte, an ANSI clear-screen
+FILE = "\u202egnp.exe \u009b\u2028".encode()  # bidi override, C1 CSI and a line separator in UTF-8
+QUOTED = b'q" id=7 mode=4755 \t\r\x7f\\'       # a quote ending the field, tab, CR, DEL, backslash
+LITERAL = b"back\\x1bslash"                    # the text \x1b, which must not read as ESC
+TARGET = b"x\n" + FORGED_LINE
+XATTR = b"user.\x1b]0;pwned\x07\xc3"
+
+#  record: (type, path, {field: bytes}) of every record of the hostile stream
+EXPECTED = {
+    1: ("mkdir", b".", {}),
+    2: ("mkdir", DIR, {}),
+    3: ("mkfile", DIR + b"/" + FILE, {}),
+    4: ("extent", DIR + b"/" + FILE, {}),
+    5: ("set_xattr", DIR + b"/" + FILE, {"name": XATTR}),
+    6: ("mkfile", QUOTED, {}),
+    7: ("symlink", LITERAL, {"target": TARGET}),
+    8: ("link", DIR + b"/" + b"\n" + FORGED_LINE, {"dest": DIR + b"/" + FILE}),
+}
+
+
+def _hostile_stream() -> bytes:
+    data, _ = tree_stream(mkdir(2, 1, DIR), mkfile(3, 2, FILE, 5), plain_extent(3, 0, b"hello"),
+                          SetXattr(3, XATTR, b"v"), mkfile(4, 1, QUOTED), symlink(5, 1, LITERAL, TARGET),
+                          Link(3, 2, b"\n" + FORGED_LINE))
+    return data
+
 
 def _env(name: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("LANG", "LC_ALL", "LC_CTYPE", "PYTHONIOENCODING",
@@ -61,6 +89,51 @@ def _unescape(shown: str) -> bytes:
     rest = shown[pos:-1]
     assert "\\" not in rest and '"' not in rest, f"stray escape in {shown!r}"
     return bytes(out + rest.encode())
+
+
+_QUOTED = r'"(?:[^"\\]|\\.)*"'
+_LINE = re.compile(rf"\s*(\d+)\s+(\d+) (\w+)\s+({_QUOTED}|\?)?(.*)")
+_FIELD = re.compile(rf" (\w+)=({_QUOTED}|\S+)")
+
+
+@pytest.mark.parametrize("env", ENVS)
+def test_text_dump_escapes_every_stream_byte_one_line_per_record(env):
+    proc = run_rawsend("dump", "-", input=_hostile_stream(), env=_env(env))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == b""
+    lines = _printable_lines(proc.stdout)
+    assert len(lines) == len(EXPECTED) + 2  # and the header and END
+    for index, line in enumerate(lines):
+        number, _, rtype, path, rest = _LINE.fullmatch(line).groups()
+        assert int(number) == index
+        rest = " " + rest.lstrip(" ")
+        pairs = _FIELD.findall(rest)
+        assert "".join(f" {k}={v}" for k, v in pairs) == rest  # nothing but fields
+        fields = dict(pairs)
+        if index in EXPECTED:
+            want_type, want_path, want_fields = EXPECTED[index]
+            assert (rtype, _unescape(path)) == (want_type, want_path)
+            assert {k: _unescape(fields[k]) for k in want_fields} == want_fields
+
+
+@pytest.mark.parametrize("env", ENVS)
+def test_json_dump_is_valid_utf8_json_and_gives_the_exact_bytes(env):
+    proc = run_rawsend("dump", "--json", "-", input=_hostile_stream(), env=_env(env))
+    assert proc.returncode == 0, proc.stderr
+    lines = _printable_lines(proc.stdout)
+    records = [json.loads(line) for line in lines]
+    assert [r["record"] for r in records] == list(range(len(EXPECTED) + 2))
+
+    def exact(r: dict, key: str) -> bytes:
+        return bytes.fromhex(r[f"{key}_hex"]) if f"{key}_hex" in r else r[key].encode("utf-8")
+
+    for index, (rtype, path, fields) in EXPECTED.items():
+        r = records[index]
+        assert (r["type"], exact(r, "path")) == (rtype, path)
+        assert {k: exact(r, k) for k in fields} == fields
+    # a name that is UTF-8 is its own exact string; one that is not is shown escaped beside its hex
+    assert records[6]["path"] == QUOTED.decode() and "path_hex" not in records[6]
+    assert records[2]["path"] == "d\\xff\\x9b\\x1b[2J" and records[2]["path_hex"] == DIR.hex()
 
 
 @pytest.mark.parametrize("env", ENVS)
