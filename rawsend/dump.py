@@ -12,7 +12,7 @@ from datetime import datetime, timezone
 from rawsend import text
 from rawsend.stream.reader import RawRecord
 from rawsend.stream.records import (
-    ROOT_ID, Cipher, Compression, Create, End, Extent, Feature, Header, Link, RecordType, SetXattr,
+    ROOT_ID, VERSION, Cipher, Compression, Create, End, Extent, Feature, Header, Link, RecordType, SetXattr,
 )
 
 
@@ -51,7 +51,8 @@ class Dumper:
         f: dict = {"record": raw.index, "offset": raw.offset,
                    "type": RecordType.NAMES.get(raw.type, f"type{raw.type}")}
         if isinstance(rec, Header):
-            f.update(stream_id=rec.stream_id.hex(), created=_time(rec.created_ns),
+            # the reader accepts no other version, so this is the stream's own
+            f.update(version=VERSION, stream_id=rec.stream_id.hex(), created=_time(rec.created_ns),
                      required=_features(rec.required_features, Feature.REQUIRED_NAMES),
                      optional=_features(rec.optional_features, Feature.OPTIONAL_NAMES),
                      cipher=Cipher.NAMES[rec.cipher])

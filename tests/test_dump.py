@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from rawsend.stream.records import PREAMBLE
 from tests.conftest import VECTORS, run_rawsend
 
 
@@ -20,6 +21,15 @@ def test_json_lines_describe_every_record():
     assert sum(e["num_bytes"] for e in fox) == 168000
     link = next(r for r in records if r["type"] == "link")
     assert link["path"] == "fox-link.txt" and link["dest"] == "docs/fox.txt"
+
+
+def test_header_line_shows_the_stream_format_version():
+    data = (VECTORS / "good_plain.rs").read_bytes()
+    _, version = PREAMBLE.unpack_from(data)
+    text = run_rawsend("dump", "-", input=data, check=True).stdout.decode().splitlines()[0]
+    assert text.split()[2:4] == ["header", f"version={version}"]
+    first = json.loads(run_rawsend("dump", "--json", "-", input=data, check=True).stdout.splitlines()[0])
+    assert first["version"] == version == 1
 
 
 def test_a_path_a_keyless_reader_cannot_know_is_null_not_a_name():
