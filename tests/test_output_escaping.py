@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 
 import pytest
 from hypothesis import given, strategies as st
@@ -149,6 +150,24 @@ def test_receive_warnings_show_names_escaped(env, tmp_path):
                        " not set: security.* and trusted.* need --preserve-owner")
     assert summary.startswith("rawsend: received 1 files") and summary.endswith("; 1 xattrs not set")
     assert os.listdir(dest) == [os.fsdecode(name)]
+
+
+@pytest.mark.parametrize("env", ENVS)
+def test_send_notes_show_local_names_escaped(env, tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    name = b"s\xff\x1b]0;pwned\x07\nrawsend: forged"
+    sock = socket.socket(socket.AF_UNIX)
+    try:
+        sock.bind(os.path.join(os.fsencode(src), name))
+        proc = run_rawsend("send", "-o", str(tmp_path / "out.rs"), str(src), env=_env(env))
+    finally:
+        sock.close()
+    assert proc.returncode == 0, proc.stderr
+    note, summary = _printable_lines(proc.stderr)
+    assert note.startswith("rawsend: note: ")
+    assert note.endswith("/s\\xff\\x1b]0;pwned\\x07\\nrawsend: forged: socket ignored")
+    assert summary.startswith("rawsend: sent 0 files")
 
 
 @pytest.mark.parametrize("env", ENVS)
