@@ -9,9 +9,9 @@ order than it is).  Every output of rawsend passes through this module:
   as ``\\\\``, ``\\n \\t \\r``, other ASCII controls and each byte that is not
   part of valid UTF-8 as ``\\xNN``, any other unprintable character as
   ``\\uNNNN`` or ``\\UNNNNNNNN``.  ``quote`` does the same inside ``"..."``.
-- ``clean(text)`` applies the same escapes to a finished message (backslashes
-  are left alone: messages quote names with repr() already), so no byte of a
-  name reaches a terminal raw whatever built the message.
+- ``clean(text)`` applies the same escapes to a finished message, so no byte
+  of a name reaches a terminal raw whatever built the message; backslashes
+  are left alone there, as a message may hold repr() text.
 - ``json_line(obj)`` is JSON that is valid UTF-8 with every unprintable
   character as a ``\\u`` escape; ``json_bytes`` gives a JSON field for bytes.
 - ``echo(text)`` writes one line as UTF-8 whatever the locale says.
