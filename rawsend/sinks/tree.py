@@ -117,6 +117,7 @@ class TreeSink:
         self.temp: Path | None = None
         self._nodes: dict[int, _Node] = {}
         self._dir_fds: OrderedDict[int, int] = OrderedDict()
+        self._held: set[int] = set()  # directories whose fd is in use: never evicted
         self._dirs: list[int] = []
         self._cur_id = 0
         self._cur_fd = -1
@@ -195,8 +196,8 @@ class TreeSink:
         self._dir_fds[dir_id] = fd
         while len(self._dir_fds) > DIR_FD_CACHE:
             old_id, old_fd = next(iter(self._dir_fds.items()))
-            if old_id == ROOT_ID:
-                self._dir_fds.move_to_end(ROOT_ID)
+            if old_id == ROOT_ID or old_id in self._held:
+                self._dir_fds.move_to_end(old_id)
                 continue
             del self._dir_fds[old_id]
             os.close(old_fd)
@@ -267,8 +268,16 @@ class TreeSink:
         self._cur_id, self._cur_rec = 0, None
         src = self._nodes[rec.file_id]
         try:
-            os.link(src.name, rec.name, src_dir_fd=self._dir_fd(src.parent_id),
-                    dst_dir_fd=self._dir_fd(rec.parent_id), follow_symlinks=False)
+            src_fd = self._dir_fd(src.parent_id)
+            # Opening the destination may refill the cache: were the source's fd closed, a
+            # directory opened after it would get its number, and the name would be looked up
+            # there (a link to another file of that name, or to a symlink).
+            self._held.add(src.parent_id)
+            try:
+                dst_fd = self._dir_fd(rec.parent_id)
+            finally:
+                self._held.discard(src.parent_id)
+            os.link(src.name, rec.name, src_dir_fd=src_fd, dst_dir_fd=dst_fd, follow_symlinks=False)
         except OSError as e:
             raise self._os_error(e, rec.file_id) from None
 
