@@ -3,18 +3,30 @@ reaching a directory whatever order the stream names them in."""
 
 from __future__ import annotations
 
+import errno
+import io
 import os
 import stat
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from rawsend.sinks.tree import DIR_FD_CACHE
+from rawsend.pipeline import receive, send
+from rawsend.sinks.dirfds import CACHE_SIZE, DirCache, openat2_works
+from rawsend.sinks.tree import TreeSink
+from rawsend.sources.tree import TreeSource
 from rawsend.stream.records import Link
 from tests.conftest import pipeline, run_rawsend
 from tests.hostile import mkdir, mkfile, plain_extent, symlink, tree_stream
 
-DEPTH = DIR_FD_CACHE + 6  # each chain is deeper than the descriptor cache holds
+DEPTH = CACHE_SIZE + 6  # each chain is deeper than the descriptor cache holds
+
+
+@dataclass
+class _N:
+    parent_id: int
+    name: bytes
 
 
 def _chain(root: Path, depth: int) -> list[Path]:
@@ -111,3 +123,130 @@ def test_a_crafted_stream_cannot_link_a_symlink_decoy(tmp_path):
     assert (tip / "w").read_bytes() == b"real"
     real = dest / "a" / Path(*[f"z{i}" for i in range(DEPTH)]) / "t"
     assert os.lstat(tip / "w").st_ino == os.lstat(real).st_ino
+
+
+# -- cost: directory opens per record -----------------------------------------------------------
+
+def _alternating(depth: int, files: int) -> tuple[bytes, int, int]:
+    """Two chains ``depth`` deep, then ``files`` files alternating between their tips.
+
+    (stream, directories, files).  Reached one level at a time from a cache smaller than a
+    chain, every file would reopen the other chain from the top.
+    """
+    records, tips, next_id = [], [], 2
+    for top in (b"a", b"b"):
+        parent = 1
+        for i in range(depth):
+            records.append(mkdir(next_id, parent, top if i == 0 else b"d%d" % i))
+            parent, next_id = next_id, next_id + 1
+        tips.append(parent)
+    for i in range(files):
+        records.append(mkfile(next_id, tips[i % 2], b"f%d" % i))
+        next_id += 1
+    data, _ = tree_stream(*records)
+    return data, 2 * depth + 1, files
+
+
+class _Counting:
+    """Wraps a TreeSink: the most directory opens any one record (or the commit) cost."""
+
+    def __init__(self, sink):
+        self.sink, self.worst, self.commit_opens = sink, 0, 0
+
+    def __getattr__(self, name):
+        method = getattr(self.sink, name)
+        if name not in ("create", "link", "xattr", "extent", "extent_encoded"):
+            return method
+
+        def counted(*args):
+            before = self.sink.dir_opens
+            method(*args)
+            self.worst = max(self.worst, self.sink.dir_opens - before)
+        return counted
+
+    def commit(self):
+        before = self.sink.dir_opens
+        self.sink.commit()
+        self.commit_opens = self.sink.dir_opens - before
+
+
+def test_directory_opens_per_record_are_bounded_whatever_the_order(tmp_path):
+    data, dirs, files = _alternating(300, 400)
+    sink = _Counting(TreeSink(tmp_path / "dest", sync=False))
+    receive(io.BytesIO(data), sink)
+    assert sink.worst <= 2, f"one record opened {sink.worst} directories"
+    assert sink.commit_opens <= dirs  # each directory at most once to set its metadata
+    assert sink.sink.dir_opens <= 2 * (dirs + files)
+    tips = [tmp_path / "dest" / top / Path(*[f"d{i}" for i in range(1, 300)]) for top in ("a", "b")]
+    assert sorted(os.listdir(tips[0])) == sorted(f"f{i}" for i in range(0, 400, 2))
+    assert sorted(os.listdir(tips[1])) == sorted(f"f{i}" for i in range(1, 400, 2))
+
+
+@pytest.fixture(params=[True, False], ids=["openat2", "one-level-at-a-time"])
+def open_mode(request, monkeypatch):
+    """Both ways of reaching a directory: openat2 of a path, and the fallback without it."""
+    if request.param and not openat2_works():
+        pytest.skip("openat2 is not available here")
+    monkeypatch.setattr(DirCache, "use_openat2", request.param)
+    return request.param
+
+
+def test_links_between_deep_directories_either_way(tmp_path, open_mode):
+    src, dest = tmp_path / "src", tmp_path / "dest"
+    target, link = _two_chains(src, "symlink")
+    out = io.BytesIO()
+    send(TreeSource(src), out.write, threads=1)
+    receive(io.BytesIO(out.getvalue()), TreeSink(dest, sync=False))
+    _assert_linked(dest, target, link)
+    assert (dest / link.parent / "t").is_symlink()
+
+
+def test_a_symlink_swapped_in_for_a_directory_is_not_followed(tmp_path, open_mode):
+    """Defence in depth: a symlink where a received directory was is never resolved."""
+    root = tmp_path / "root"
+    (root / "a" / "b" / "c").mkdir(parents=True)
+    (tmp_path / "elsewhere" / "c").mkdir(parents=True)
+    nodes = {2: _N(1, b"a"), 3: _N(2, b"b"), 4: _N(3, b"c")}
+    cache = DirCache(os.open(root, os.O_RDONLY | os.O_DIRECTORY), nodes)
+    try:
+        os.rename(root / "a" / "b", tmp_path / "b-moved")
+        os.symlink(tmp_path / "elsewhere", root / "a" / "b")
+        with pytest.raises(OSError) as info:
+            cache.get(4)
+        assert info.value.errno in (errno.ELOOP, errno.ENOTDIR, errno.EXDEV)
+    finally:
+        cache.close()
+
+
+def _walk(root: Path, names: list[bytes]) -> os.stat_result:
+    """The directory root/names..., reached one level at a time (paths here pass PATH_MAX)."""
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    for name in names:
+        try:
+            os.mkdir(name, dir_fd=fd)
+        except FileExistsError:
+            pass
+        fd, old = os.open(name, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd), fd
+        os.close(old)
+    st = os.fstat(fd)
+    os.close(fd)
+    return st
+
+
+def test_long_names_take_one_call_per_path_max(tmp_path):
+    if not openat2_works():
+        pytest.skip("openat2 is not available here")
+    root = tmp_path / "root"
+    root.mkdir()
+    names = [bytes([97 + i % 26]) * 255 for i in range(40)]  # 16 names fit in one path: 3 calls
+    expected = _walk(root, names)
+    nodes = {2 + i: _N(1 + i, name) for i, name in enumerate(names)}
+    cache = DirCache(os.open(root, os.O_RDONLY | os.O_DIRECTORY), nodes)
+    try:
+        assert os.fstat(cache.get(41)).st_ino == expected.st_ino
+        assert cache.opens == 3
+        # id 30 is reached from id 17, where the first call ended and which stayed cached
+        assert os.fstat(cache.get(30)).st_ino == _walk(root, names[:29]).st_ino
+        assert cache.opens == 4
+    finally:
+        cache.close()

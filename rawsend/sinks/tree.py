@@ -14,7 +14,6 @@ import os
 import secrets
 import shutil
 import stat
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,9 +22,9 @@ from rawsend.codecs import lzo
 from rawsend.codecs.compress import decode, decode_short
 from rawsend.errors import DestinationError, MalformedRecord, RawsendError
 from rawsend.fsutil import fsync_dir, left_by_dead_process, syncfs
+from rawsend.sinks.dirfds import DirCache
 from rawsend.stream.records import ROOT_ID, Compression, Create, Extent, Link, RecordType, SetXattr
 
-DIR_FD_CACHE = 64
 # compressions btrfs stores as they are (zlib, zstd, LZO for each sector size)
 BTRFS_COMPRESSIONS = range(Compression.ZLIB, Compression.LZO_4K + 5)
 TEMP_MARK = ".rawsend-"
@@ -116,8 +115,7 @@ class TreeSink:
         self.report = TreeReport()
         self.temp: Path | None = None
         self._nodes: dict[int, _Node] = {}
-        self._dir_fds: OrderedDict[int, int] = OrderedDict()
-        self._held: set[int] = set()  # directories whose fd is in use: never evicted
+        self._dirs_open: DirCache | None = None  # set in begin()
         self._dirs: list[int] = []
         self._cur_id = 0
         self._cur_fd = -1
@@ -148,7 +146,7 @@ class TreeSink:
             raise DestinationError(f"cannot create a temporary directory: {e.strerror}",
                                    path=str(self.temp)) from None
         fd = os.open(self.temp, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        self._dir_fds[ROOT_ID] = fd
+        self._dirs_open = DirCache(fd, self._nodes)
         if self._no_encoded is None:
             if not btrfs.is_btrfs(fd):
                 self._no_encoded = btrfs.NOT_BTRFS
@@ -178,30 +176,18 @@ class TreeSink:
         if self._cur_fd >= 0:
             os.close(self._cur_fd)
             self._cur_fd = -1
-        for fd in self._dir_fds.values():
-            os.close(fd)
-        self._dir_fds.clear()
+        if self._dirs_open is not None:
+            self._dirs_open.close()
 
     # -- directory fds ---------------------------------------------------------------------
 
     def _dir_fd(self, dir_id: int) -> int:
-        fd = self._dir_fds.get(dir_id)
-        if fd is not None:
-            self._dir_fds.move_to_end(dir_id)
-            return fd
-        node = self._nodes[dir_id]
-        parent_fd = self._dir_fd(node.parent_id)
-        fd = os.open(node.name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
-                     dir_fd=parent_fd)
-        self._dir_fds[dir_id] = fd
-        while len(self._dir_fds) > DIR_FD_CACHE:
-            old_id, old_fd = next(iter(self._dir_fds.items()))
-            if old_id == ROOT_ID or old_id in self._held:
-                self._dir_fds.move_to_end(old_id)
-                continue
-            del self._dir_fds[old_id]
-            os.close(old_fd)
-        return fd
+        return self._dirs_open.get(dir_id)
+
+    @property
+    def dir_opens(self) -> int:
+        """Directories opened so far (the cost the fd cache saves)."""
+        return self._dirs_open.opens if self._dirs_open is not None else 0
 
     def _path(self, file_id: int) -> str:
         parts = []
@@ -272,11 +258,8 @@ class TreeSink:
             # Opening the destination may refill the cache: were the source's fd closed, a
             # directory opened after it would get its number, and the name would be looked up
             # there (a link to another file of that name, or to a symlink).
-            self._held.add(src.parent_id)
-            try:
+            with self._dirs_open.hold(src.parent_id):
                 dst_fd = self._dir_fd(rec.parent_id)
-            finally:
-                self._held.discard(src.parent_id)
             os.link(src.name, rec.name, src_dir_fd=src_fd, dst_dir_fd=dst_fd, follow_symlinks=False)
         except OSError as e:
             raise self._os_error(e, rec.file_id) from None
@@ -439,7 +422,7 @@ class TreeSink:
             if self.sync:
                 # Also where a failed encoded write shows: its data goes to disk after the
                 # ioctl returned, and syncfs commits the transaction and reports its error.
-                syncfs(self._dir_fds[ROOT_ID])
+                syncfs(self._dirs_open.root)
         except OSError as e:
             raise self._os_error(e, 0) from None
         self._close_all()
