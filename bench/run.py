@@ -212,7 +212,8 @@ def ensure_tools() -> None:
 
 def tree_cases(rawsend: str, src: Path, m: dict, small: Path, ms: dict, huge: Path, mh: dict,
                stream: Path, dest: "Destination", enc_skip: str | None, key: Path, store_skip: str | None,
-               relay_store: Path, many: tuple[Path, int, str | None]) -> list[Case]:
+               relay_store: Path, many: tuple[Path, int, str | None],
+               deep: tuple[Path, int, str | None]) -> list[Case]:
     D = dest.path
     dst, store = D / "tree", D / "store"
     L, F = m["logical_bytes"], m["files"]
@@ -285,8 +286,46 @@ def tree_cases(rawsend: str, src: Path, m: dict, small: Path, ms: dict, huge: Pa
         Case("rs-files", "memory", f"cat STREAM | rawsend receive DIR ({many[1]} files of 16 bytes)",
              [["cat", str(many[0])], [rawsend, "receive", str(dst)]], many[1] * 16, many[1],
              peer="rs-small", rawsend=True, skip=many[2], **w),
+        # the directory fd cache under the worst order: every file in the other deep directory
+        Case("rs-deep", "small files", f"cat STREAM | rawsend receive DIR ({deep[1]} files alternating between "
+             f"two {DEEP_LEVELS}-deep dirs)", [["cat", str(deep[0])], [rawsend, "receive", str(dst)]],
+             0, deep[1], rawsend=True, skip=deep[2], **w),
     ]
     return cases
+
+
+DEEP_LEVELS = 500
+
+
+def deep_dirs_stream(path: Path, n: int) -> str | None:
+    """Two chains of DEEP_LEVELS directories, then ``n`` empty files alternating between their tips."""
+    try:
+        from rawsend.pipeline import send
+        from rawsend.stream.records import Compression, Create, RecordType
+        from rawsend.stream.writer import fd_writer
+    except ImportError as e:
+        return f"rawsend is not importable here ({e})"
+
+    def items():
+        yield Create(RecordType.MKDIR, 1, 0, b"", 0o40755, 0, 0, 0, 0, 0, b"")
+        tips, file_id = [], 2
+        for top in (b"a", b"b"):
+            parent = 1
+            for level in range(DEEP_LEVELS):
+                yield Create(RecordType.MKDIR, file_id, parent, top if level == 0 else b"d%d" % level,
+                             0o40755, 0, 0, 0, 0, 0, b"")
+                parent, file_id = file_id, file_id + 1
+            tips.append(parent)
+        for i in range(n):
+            yield Create(RecordType.MKFILE, file_id, tips[i % 2], b"f%07d" % i, 0o100644, 0, 0, 0, 0, 0, b"")
+            file_id += 1
+
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        send(items(), fd_writer(fd), compression=Compression.NONE, threads=1, stream_id=bytes(16), created_ns=0)
+    finally:
+        os.close(fd)
+    return None
 
 
 def many_files_stream(path: Path, n: int) -> str | None:
@@ -603,6 +642,8 @@ def main(argv=None) -> int:
         fill_store(rawsend, stream, relay_store)
     n_many = max(2000, int(200_000 * args.scale))
     many = (tmp / "many-files.rs", n_many, many_files_stream(tmp / "many-files.rs", n_many))
+    n_deep = max(1000, int(4000 * args.scale))
+    deep = (tmp / "deep-dirs.rs", n_deep, deep_dirs_stream(tmp / "deep-dirs.rs", n_deep))
     bt_skip = "--no-btrfs" if args.no_btrfs else btrfs_unavailable()
     wanted = set(filter(None, args.only.split(",")))
 
@@ -617,7 +658,7 @@ def main(argv=None) -> int:
     info["destination"] = dest.kind
     try:
         cases = selected(tree_cases(rawsend, src, m, small, ms, huge, mh, stream, dest, enc_skip, key,
-                                    store_skip, relay_store, many))
+                                    store_skip, relay_store, many, deep))
         with BtrfsPair(args.scale, src, bt_skip) as pair:
             if pair.skip is None:
                 native = (REPO / "rawsend" / "sources" / "btrfs.py").exists()
