@@ -237,7 +237,9 @@ def _btrfs_send_summary(report) -> str:
 @click.option("--preserve-owner/--no-preserve-owner", default=None,
               help="Apply the stream's uid/gid and setuid/setgid bits (default: when root).")
 @click.option("--preserve-special", is_flag=True,
-              help="Create FIFOs, and device nodes when root (default: skip them).")
+              help="Create FIFOs, and sockets when root (default: skip them).")
+@click.option("--preserve-devices", is_flag=True,
+              help="Create block and character devices, as root (default: skip them).")
 @click.option("--max-bytes", type=click.IntRange(0), default=None,
               help="Refuse streams whose files declare more bytes in all (default 2^50, 1 PiB).")
 @click.option("--max-files", type=click.IntRange(1), default=None,
@@ -251,8 +253,8 @@ def _btrfs_send_summary(report) -> str:
 @click.option("--progress/--no-progress", default=None, help="Progress on stderr (default: when a terminal).")
 @click.option("--store", "into_store", is_flag=True,
               help="DEST is a store (created if missing): keep the stream verbatim, encrypted or not; no key needed.")
-def receive(dest, input_path, key_files, preserve_owner, preserve_special, max_bytes, max_files, max_depth,
-            no_sync, no_raw, progress, into_store):
+def receive(dest, input_path, key_files, preserve_owner, preserve_special, preserve_devices, max_bytes, max_files,
+            max_depth, no_sync, no_raw, progress, into_store):
     """Rebuild the tree from a stream on stdin into DEST (which must not exist, or be empty).
 
     With --store, add the stream as it is to the store DEST instead.
@@ -271,14 +273,15 @@ def receive(dest, input_path, key_files, preserve_owner, preserve_special, max_b
         limits.max_depth = max_depth
     if into_store:
         given = [name for name, value in (("--key-file", key_files), ("--preserve-owner", preserve_owner is not None),
-                                          ("--preserve-special", preserve_special), ("--no-sync", no_sync)) if value]
+                                          ("--preserve-special", preserve_special),
+                                          ("--preserve-devices", preserve_devices), ("--no-sync", no_sync)) if value]
         if given:
             raise click.UsageError(f"{', '.join(given)} cannot apply with --store: a store keeps the stream as it"
                                    " came (verify STORE --key-file authenticates it)")
         _receive_store(dest, input_path, limits, progress)
         return
-    sink = TreeSink(dest, preserve_owner=preserve_owner, preserve_special=preserve_special, sync=not no_sync,
-                    encoded_writes=not no_raw)
+    sink = TreeSink(dest, preserve_owner=preserve_owner, preserve_special=preserve_special,
+                    preserve_devices=preserve_devices, sync=not no_sync, encoded_writes=not no_raw)
     keyring = _load_keyring(key_files)
     bar = Progress(progress, "receive")
     started = time.monotonic()
@@ -291,8 +294,11 @@ def receive(dest, input_path, key_files, preserve_owner, preserve_special, max_b
     for w in sink.report.warnings:
         _err(f"warning: {w}")
     extra = []
-    if sink.report.skipped_special:
-        extra.append(f"{sink.report.skipped_special} special files skipped (--preserve-special)")
+    if sink.report.skipped_special - sink.report.skipped_devices:
+        extra.append(f"{sink.report.skipped_special - sink.report.skipped_devices} special files skipped"
+                     " (--preserve-special)")
+    if sink.report.skipped_devices:
+        extra.append(f"{sink.report.skipped_devices} device nodes skipped (--preserve-devices, as root)")
     if sink.report.skipped_xattrs:
         extra.append(f"{sink.report.skipped_xattrs} xattrs not set")
     if sink.report.stripped_modes:

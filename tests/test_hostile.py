@@ -288,7 +288,7 @@ def test_device_nodes_and_fifos_are_skipped_by_default(box):
 
 @needs_root
 def test_preserve_special_as_root_creates_them_without_setuid(box):
-    box.accept(_specials_stream(), preserve_special=True, preserve_owner=False)
+    box.accept(_specials_stream(), preserve_special=True, preserve_devices=True, preserve_owner=False)
     for name, kind, rdev in SPECIALS:
         st = os.lstat(box.dest / name.decode())
         assert stat.S_IFMT(st.st_mode) == kind and stat.S_IMODE(st.st_mode) & 0o7000 == 0

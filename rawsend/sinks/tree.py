@@ -36,6 +36,7 @@ PRIVILEGED_XATTRS = (b"security.", b"trusted.")
 @dataclass
 class TreeReport:
     skipped_special: int = 0
+    skipped_devices: int = 0   # of which block and character devices (--preserve-devices)
     skipped_xattrs: int = 0
     stripped_modes: int = 0
     warnings: list[str] = field(default_factory=list)
@@ -106,11 +107,13 @@ def clean_stale_temps(dest: Path) -> list[Path]:
 
 class TreeSink:
     def __init__(self, dest: str | Path, *, preserve_owner: bool | None = None,
-                 preserve_special: bool = False, sync: bool = True, encoded_writes: bool = True):
+                 preserve_special: bool = False, preserve_devices: bool = False, sync: bool = True,
+                 encoded_writes: bool = True):
         self.dest = Path(os.path.abspath(dest))
         self.root_user = os.geteuid() == 0
         self.preserve_owner = self.root_user if preserve_owner is None else preserve_owner
         self.preserve_special = preserve_special
+        self.preserve_devices = preserve_devices
         self.sync = sync
         self.report = TreeReport()
         self.temp: Path | None = None
@@ -235,9 +238,15 @@ class TreeSink:
 
     def _mknod(self, rec: Create, parent_fd: int) -> None:
         kind = stat.S_IFMT(rec.mode)
-        allowed = self.preserve_special and (kind == stat.S_IFIFO or self.root_user)
+        if kind in (stat.S_IFBLK, stat.S_IFCHR):
+            # a device node opens whatever device its number names (this host's disks too)
+            allowed = self.preserve_devices and self.root_user
+        else:
+            allowed = self.preserve_special and (kind == stat.S_IFIFO or self.root_user)
         if not allowed:
             self.report.skipped_special += 1
+            if kind in (stat.S_IFBLK, stat.S_IFCHR):
+                self.report.skipped_devices += 1
             return
         os.mknod(rec.name, kind | (rec.mode & 0o777), rec.size, dir_fd=parent_fd)
         if self.preserve_owner:

@@ -1,0 +1,79 @@
+"""What the tree sink keeps of a stream's privileges: device nodes, special files' modes,
+setuid bits and capabilities kept as root, ACLs; through the rawsend command."""
+
+from __future__ import annotations
+
+import os
+import stat
+import struct
+from pathlib import Path
+
+import pytest
+
+from rawsend.stream.records import SetXattr
+from tests.conftest import run_rawsend
+from tests.hostile import mkdir, mkfile, mknod, plain_extent, tree_stream
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (device nodes, chown, capabilities)")
+
+NULL_DEV = os.makedev(1, 3)  # /dev/null: harmless whatever opens it
+LOOP0 = os.makedev(7, 0)     # a block device of this host
+
+
+def _receive(tmp_path: Path, data: bytes, *options: str, umask: int | None = None):
+    stream, dest = tmp_path / "s.rs", tmp_path / "dest"
+    stream.write_bytes(data)
+    old = os.umask(umask) if umask is not None else None
+    try:
+        proc = run_rawsend("receive", "--no-progress", "--no-sync", *options, "-f", str(stream), str(dest))
+    finally:
+        if old is not None:
+            os.umask(old)
+    return proc, dest, proc.stderr.decode()
+
+
+def _specials() -> bytes:
+    data, _ = tree_stream(mknod(2, 1, b"null", stat.S_IFCHR, NULL_DEV, 0o666),
+                          mknod(3, 1, b"loop0", stat.S_IFBLK, LOOP0, 0o660),
+                          mknod(4, 1, b"fifo", stat.S_IFIFO, 0, 0o666))
+    return data
+
+
+# -- device nodes ---------------------------------------------------------------------------------
+
+@needs_root
+def test_preserve_special_creates_fifos_but_not_devices(tmp_path):
+    proc, dest, err = _receive(tmp_path, _specials(), "--preserve-special")
+    assert proc.returncode == 0, err
+    assert sorted(os.listdir(dest)) == ["fifo"]
+    assert stat.S_ISFIFO(os.lstat(dest / "fifo").st_mode)
+    assert "2 device nodes skipped (--preserve-devices, as root)" in err
+    assert "special files skipped" not in err
+
+
+@needs_root
+def test_preserve_devices_creates_block_and_character_devices(tmp_path):
+    proc, dest, err = _receive(tmp_path, _specials(), "--preserve-devices")
+    assert proc.returncode == 0, err
+    assert sorted(os.listdir(dest)) == ["loop0", "null"]
+    assert os.lstat(dest / "null").st_rdev == NULL_DEV and stat.S_ISCHR(os.lstat(dest / "null").st_mode)
+    assert os.lstat(dest / "loop0").st_rdev == LOOP0 and stat.S_ISBLK(os.lstat(dest / "loop0").st_mode)
+    assert "1 special files skipped (--preserve-special)" in err
+    assert "device nodes skipped" not in err
+
+
+def test_without_either_flag_every_special_file_is_skipped(tmp_path):
+    proc, dest, err = _receive(tmp_path, _specials())
+    assert proc.returncode == 0, err
+    assert os.listdir(dest) == []
+    assert "1 special files skipped (--preserve-special)" in err
+    assert "2 device nodes skipped (--preserve-devices, as root)" in err
+
+
+def test_preserve_devices_has_no_meaning_for_a_store(tmp_path):
+    stream = tmp_path / "s.rs"
+    stream.write_bytes(_specials())
+    proc = run_rawsend("receive", "--store", "--preserve-devices", "-f", str(stream), str(tmp_path / "store"))
+    err = proc.stderr.decode()
+    assert proc.returncode == 2
+    assert "Error: --preserve-devices cannot apply with --store" in err
