@@ -77,3 +77,21 @@ def test_preserve_devices_has_no_meaning_for_a_store(tmp_path):
     err = proc.stderr.decode()
     assert proc.returncode == 2
     assert "Error: --preserve-devices cannot apply with --store" in err
+
+
+# -- modes of special files ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("mode", [0o666, 0o640, 0o604])
+def test_a_fifo_gets_the_stream_mode_whatever_the_umask(tmp_path, mode):
+    data, _ = tree_stream(mknod(2, 1, b"fifo", stat.S_IFIFO, 0, mode))
+    proc, dest, err = _receive(tmp_path, data, "--preserve-special", "--no-preserve-owner", umask=0o077)
+    assert proc.returncode == 0, err
+    assert stat.S_IMODE(os.lstat(dest / "fifo").st_mode) == mode
+
+
+@needs_root
+def test_a_device_gets_the_stream_mode_whatever_the_umask(tmp_path):
+    data, _ = tree_stream(mknod(2, 1, b"null", stat.S_IFCHR, NULL_DEV, 0o666))
+    proc, dest, err = _receive(tmp_path, data, "--preserve-devices", umask=0o027)
+    assert proc.returncode == 0, err
+    assert stat.S_IMODE(os.lstat(dest / "null").st_mode) == 0o666

@@ -248,9 +248,11 @@ class TreeSink:
             if kind in (stat.S_IFBLK, stat.S_IFCHR):
                 self.report.skipped_devices += 1
             return
-        os.mknod(rec.name, kind | (rec.mode & 0o777), rec.size, dir_fd=parent_fd)
+        os.mknod(rec.name, kind | 0o600, rec.size, dir_fd=parent_fd)
         if self.preserve_owner:
             os.chown(rec.name, rec.uid, rec.gid, dir_fd=parent_fd, follow_symlinks=False)
+        # after chown, which clears setuid and setgid; mknod's mode went through the umask
+        os.chmod(rec.name, self._mode(rec), dir_fd=parent_fd, follow_symlinks=False)
         os.utime(rec.name, ns=(rec.atime_ns, rec.mtime_ns), dir_fd=parent_fd, follow_symlinks=False)
 
     def _apply_symlink_meta(self, rec: Create, parent_fd: int) -> None:
