@@ -293,6 +293,13 @@ def receive(dest, input_path, key_files, preserve_owner, preserve_special, prese
     elapsed = time.monotonic() - started
     for w in sink.report.warnings:
         _err(f"warning: {w}")
+    setid, caps = sink.report.kept_setid, sink.report.kept_capabilities
+    kept = ([f"{setid} setuid/setgid file" + ("s" if setid > 1 else "")] if setid else []) + \
+           ([f"{caps} file capabilit" + ("ies" if caps > 1 else "y")] if caps else [])
+    if kept:
+        _warn(f"kept {' and '.join(kept)} from the stream with their owners"
+              f" ({'the default as root' if preserve_owner is None else '--preserve-owner'}): they grant"
+              f" privileges in {dest}; --no-preserve-owner drops them")
     extra = []
     if sink.report.skipped_special - sink.report.skipped_devices:
         extra.append(f"{sink.report.skipped_special - sink.report.skipped_devices} special files skipped"

@@ -95,3 +95,47 @@ def test_a_device_gets_the_stream_mode_whatever_the_umask(tmp_path):
     proc, dest, err = _receive(tmp_path, data, "--preserve-devices", umask=0o027)
     assert proc.returncode == 0, err
     assert stat.S_IMODE(os.lstat(dest / "null").st_mode) == 0o666
+
+
+# -- setuid, setgid and capabilities kept as root ---------------------------------------------------
+
+CAP_NET_RAW = bytes.fromhex("0100000200200000000000000000000000000000")  # vfs caps v2, cap_net_raw+ep
+
+
+def _privileged() -> bytes:
+    data, _ = tree_stream(mkfile(2, 1, b"suid", 4, 0o4755, uid=4321, gid=4321), plain_extent(2, 0, b"\x7fELF"),
+                          mkfile(3, 1, b"sgid", 0, 0o2755), mkfile(4, 1, b"ping", 4, 0o755),
+                          plain_extent(4, 0, b"\x7fELF"), SetXattr(4, b"security.capability", CAP_NET_RAW),
+                          mkdir(5, 1, b"shared", 0o2775), mkfile(6, 1, b"plain", 0, 0o644))
+    return data
+
+
+def _warnings(err: str) -> list[str]:
+    return [line for line in err.splitlines() if line.startswith("rawsend: warning:")]
+
+
+@needs_root
+def test_as_root_one_warning_counts_the_setuid_files_and_capabilities_kept(tmp_path):
+    proc, dest, err = _receive(tmp_path, _privileged())
+    assert proc.returncode == 0, err
+    assert stat.S_IMODE(os.stat(dest / "suid").st_mode) == 0o4755 and os.stat(dest / "suid").st_uid == 4321
+    assert os.getxattr(dest / "ping", "security.capability") == CAP_NET_RAW
+    assert _warnings(err) == [
+        "rawsend: warning: kept 2 setuid/setgid files and 1 file capability from the stream with their"
+        f" owners (the default as root): they grant privileges in {dest}; --no-preserve-owner drops them"]
+
+
+@needs_root
+def test_no_warning_when_nothing_privileged_was_kept(tmp_path):
+    data, _ = tree_stream(mkdir(2, 1, b"shared", 0o2775), mkfile(3, 1, b"plain", 0, 0o644))
+    proc, _dest, err = _receive(tmp_path, data, "--preserve-owner")
+    assert proc.returncode == 0, err
+    assert _warnings(err) == []
+
+
+def test_without_owners_nothing_privileged_is_kept_and_nothing_warned(tmp_path):
+    proc, dest, err = _receive(tmp_path, _privileged(), "--no-preserve-owner")
+    assert proc.returncode == 0, err
+    assert stat.S_IMODE(os.stat(dest / "suid").st_mode) == 0o755
+    assert "security.capability" not in os.listxattr(dest / "ping")
+    assert not any("kept" in w for w in _warnings(err))

@@ -31,6 +31,7 @@ TEMP_MARK = ".rawsend-"
 # xattr namespaces that grant privileges (file capabilities, security labels, overlayfs
 # redirects): set only when owners are kept, like setuid bits
 PRIVILEGED_XATTRS = (b"security.", b"trusted.")
+CAPABILITY_XATTR = b"security.capability"
 
 
 @dataclass
@@ -39,6 +40,8 @@ class TreeReport:
     skipped_devices: int = 0   # of which block and character devices (--preserve-devices)
     skipped_xattrs: int = 0
     stripped_modes: int = 0
+    kept_setid: int = 0         # files, specials kept setuid/setgid (owners preserved)
+    kept_capabilities: int = 0  # security.capability xattrs set (owners preserved)
     warnings: list[str] = field(default_factory=list)
     encoded_extents: int = 0   # compressed extents written verbatim (BTRFS_IOC_ENCODED_WRITE)
     decoded_extents: int = 0   # compressed extents decoded and written with pwrite
@@ -291,6 +294,9 @@ class TreeSink:
                 os.setxattr(path, rec.name, rec.value, follow_symlinks=False)
             else:
                 self.report.skipped_xattrs += 1
+                return
+            if rec.name == CAPABILITY_XATTR:
+                self.report.kept_capabilities += 1
         except OSError as e:
             # ENOSPC, E2BIG, ERANGE: more or larger xattrs than this filesystem holds (ext4)
             if e.errno in (errno.EPERM, errno.ENOTSUP, errno.EACCES, errno.EINVAL, errno.ENOSPC,
@@ -411,7 +417,10 @@ class TreeSink:
 
     def _mode(self, rec: Create) -> int:
         mode = stat.S_IMODE(rec.mode)
-        if not self.preserve_owner:
+        if self.preserve_owner:
+            if mode & 0o6000 and rec.type != RecordType.MKDIR:  # on a directory they grant nothing
+                self.report.kept_setid += 1
+        else:
             keep = 0o3777 if rec.type == RecordType.MKDIR else 0o777  # no setuid/setgid on files we own
             if mode & ~keep:
                 self.report.stripped_modes += 1
