@@ -139,3 +139,40 @@ def test_without_owners_nothing_privileged_is_kept_and_nothing_warned(tmp_path):
     assert stat.S_IMODE(os.stat(dest / "suid").st_mode) == 0o755
     assert "security.capability" not in os.listxattr(dest / "ping")
     assert not any("kept" in w for w in _warnings(err))
+
+
+# -- POSIX ACLs ------------------------------------------------------------------------------------
+
+ACL_ENTRY = struct.Struct("<HHI")  # posix_acl_xattr_entry: tag, perm, id (after a u32 version, 2)
+NO_ID = 0xFFFFFFFF
+
+
+def _acl(user: int) -> bytes:
+    """user::rw-, user:<user>:rwx, group::r--, mask::rwx, other::r-- (mode 0674: the mask is the group bits)"""
+    entries = [(0x01, 6, NO_ID), (0x02, 7, user), (0x04, 4, NO_ID), (0x10, 7, NO_ID), (0x20, 4, NO_ID)]
+    return struct.pack("<I", 2) + b"".join(ACL_ENTRY.pack(*e) for e in entries)
+
+
+def _with_acls() -> bytes:
+    data, _ = tree_stream(mkfile(2, 1, b"shared", 0, 0o674), SetXattr(2, b"system.posix_acl_access", _acl(4321)),
+                          mkdir(3, 1, b"inherit", 0o775), SetXattr(3, b"system.posix_acl_default", _acl(4321)),
+                          SetXattr(3, b"user.note", b"kept"))
+    return data
+
+
+def test_acls_are_dropped_with_a_warning_unless_owners_are_kept(tmp_path):
+    proc, dest, err = _receive(tmp_path, _with_acls(), "--no-preserve-owner")
+    assert proc.returncode == 0, err
+    assert not [n for n in os.listxattr(dest / "shared") if n.startswith("system.posix_acl")]
+    assert os.listxattr(dest / "inherit") == ["user.note"]
+    assert "2 xattrs not set" in err
+    assert "xattr system.posix_acl_access not set: ACLs name users and groups by number" in err
+
+
+@needs_root
+def test_acls_are_kept_with_their_owners(tmp_path):
+    proc, dest, err = _receive(tmp_path, _with_acls(), "--preserve-owner")
+    assert proc.returncode == 0, err
+    assert os.getxattr(dest / "shared", "system.posix_acl_access") == _acl(4321)
+    assert os.getxattr(dest / "inherit", "system.posix_acl_default") == _acl(4321)
+    assert "xattrs not set" not in err

@@ -32,6 +32,9 @@ TEMP_MARK = ".rawsend-"
 # redirects): set only when owners are kept, like setuid bits
 PRIVILEGED_XATTRS = (b"security.", b"trusted.")
 CAPABILITY_XATTR = b"security.capability"
+# POSIX ACLs grant access to users and groups named by number, as owners are: they are kept
+# exactly when owners are (the numbers mean the same users only then)
+ACL_XATTRS = b"system.posix_acl_"
 
 
 @dataclass
@@ -282,6 +285,9 @@ class TreeSink:
         cur = self._cur_rec
         if rec.name.startswith(PRIVILEGED_XATTRS) and not self.preserve_owner:
             self._skip_xattr(rec, "security.* and trusted.* need --preserve-owner")
+            return
+        if rec.name.startswith(ACL_XATTRS) and not self.preserve_owner:
+            self._skip_xattr(rec, "ACLs name users and groups by number: they need --preserve-owner")
             return
         try:
             if cur.type == RecordType.MKFILE:
