@@ -1,18 +1,15 @@
 """Tree sink: rebuilds files inside a private temporary directory, then renames it into place.
 
-Confinement by construction: every name is a single checked component and
-every file is created relative to its parent directory's fd with O_NOFOLLOW
-and O_EXCL, so nothing a stream says can reach outside the temporary
-directory, and nothing already there is overwritten.  The destination only
-appears, complete, after END was checked (spec section "Receiving").
+Three jobs, three places: the namespace (temporary directory, names, directory fds, commit and
+rename) is namespace.Namespace, what is kept of owners, modes, special files and privileged
+xattrs is policy.MetadataPolicy, and the sink itself writes the records' contents: files,
+links, xattrs and extents, verbatim with ENCODED_WRITE where btrfs takes them.
 """
 
 from __future__ import annotations
 
 import errno
 import os
-import secrets
-import shutil
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,20 +18,13 @@ from rawsend import btrfs
 from rawsend.codecs import lzo
 from rawsend.codecs.compress import decode, decode_short
 from rawsend.errors import DestinationError, MalformedRecord, RawsendError
-from rawsend.fsutil import fsync_dir, left_by_dead_process, syncfs
-from rawsend.sinks.dirfds import DirCache
+from rawsend.fsutil import syncfs
+from rawsend.sinks.namespace import Namespace
+from rawsend.sinks.policy import MetadataPolicy
 from rawsend.stream.records import ROOT_ID, Compression, Create, Extent, Link, RecordType, SetXattr
 
 # compressions btrfs stores as they are (zlib, zstd, LZO for each sector size)
 BTRFS_COMPRESSIONS = range(Compression.ZLIB, Compression.LZO_4K + 5)
-TEMP_MARK = ".rawsend-"
-# xattr namespaces that grant privileges (file capabilities, security labels, overlayfs
-# redirects): set only when owners are kept, like setuid bits
-PRIVILEGED_XATTRS = (b"security.", b"trusted.")
-CAPABILITY_XATTR = b"security.capability"
-# POSIX ACLs grant access to users and groups named by number, as owners are: they are kept
-# exactly when owners are (the numbers mean the same users only then)
-ACL_XATTRS = b"system.posix_acl_"
 
 
 @dataclass
@@ -56,76 +46,16 @@ class TreeReport:
         btrfs.count_by_kind(self.decoded_reasons, why)
 
 
-@dataclass(slots=True)
-class _Node:
-    parent_id: int
-    name: bytes
-    rec: Create | None  # directories only
-
-
-def _real_dir(p) -> bool:
-    try:
-        return stat.S_ISDIR(os.lstat(p).st_mode)
-    except OSError:
-        return False
-
-
-def remove_tree(path: Path) -> None:
-    """Remove a temporary tree of ours, also where the stream made directories read-only.
-
-    Only real directories at or below ``path`` are made writable again, and no symlink is
-    followed.  Best effort, never raises (it runs while another error is on its way out):
-    whatever stays is removed by the next receive into the same destination.
-    """
-    if not _real_dir(path):
-        return
-    try:
-        os.chmod(path, 0o700)
-    except OSError:
-        pass
-    for top, dirs, _files in os.walk(path):  # top-down: each directory opens before it is listed
-        for name in dirs:
-            sub = os.path.join(top, name)
-            if _real_dir(sub):
-                try:
-                    os.chmod(sub, 0o700)
-                except OSError:
-                    pass
-    shutil.rmtree(path, ignore_errors=True)
-
-
-def clean_stale_temps(dest: Path) -> list[Path]:
-    """Remove temporary directories of earlier receives into ``dest`` whose process is gone."""
-    removed = []
-    prefix = f".{dest.name}{TEMP_MARK}"
-    try:
-        entries = list(dest.parent.iterdir())
-    except OSError:
-        return removed
-    for p in entries:
-        if not p.name.startswith(prefix):
-            continue
-        if left_by_dead_process(p.name[len(prefix):]) and _real_dir(p):  # never a symlink
-            remove_tree(p)
-            removed.append(p)
-    return removed
-
-
 class TreeSink:
     def __init__(self, dest: str | Path, *, preserve_owner: bool | None = None,
                  preserve_special: bool = False, preserve_devices: bool = False, sync: bool = True,
                  encoded_writes: bool = True):
-        self.dest = Path(os.path.abspath(dest))
-        self.root_user = os.geteuid() == 0
-        self.preserve_owner = self.root_user if preserve_owner is None else preserve_owner
-        self.preserve_special = preserve_special
-        self.preserve_devices = preserve_devices
-        self.sync = sync
+        self.ns = Namespace(dest)
+        self.dest = self.ns.dest
         self.report = TreeReport()
-        self.temp: Path | None = None
-        self._nodes: dict[int, _Node] = {}
-        self._dirs_open: DirCache | None = None  # set in begin()
-        self._dirs: list[int] = []
+        self.policy = MetadataPolicy(self.report, preserve_owner=preserve_owner,
+                                     preserve_special=preserve_special, preserve_devices=preserve_devices)
+        self.sync = sync
         self._cur_id = 0
         self._cur_fd = -1
         self._cur_rec: Create | None = None
@@ -141,21 +71,7 @@ class TreeSink:
     # -- set-up and tear-down ---------------------------------------------------------------
 
     def begin(self, header) -> None:
-        parent = self.dest.parent
-        if not parent.is_dir():
-            raise DestinationError("its parent directory does not exist", path=str(parent))
-        if self.dest.is_symlink() or (self.dest.exists() and not self._empty_dir(self.dest)):
-            raise DestinationError("it exists and is not an empty directory", path=str(self.dest),
-                                   hint="choose a new directory; receive never overwrites")
-        clean_stale_temps(self.dest)
-        self.temp = parent / f".{self.dest.name}{TEMP_MARK}{os.getpid()}-{secrets.token_hex(4)}"
-        try:
-            os.mkdir(self.temp, 0o700)
-        except OSError as e:
-            raise DestinationError(f"cannot create a temporary directory: {e.strerror}",
-                                   path=str(self.temp)) from None
-        fd = os.open(self.temp, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        self._dirs_open = DirCache(fd, self._nodes)
+        fd = self.ns.begin()
         if self._no_encoded is None:
             if not btrfs.is_btrfs(fd):
                 self._no_encoded = btrfs.NOT_BTRFS
@@ -168,59 +84,34 @@ class TreeSink:
         if st.st_uid == os.geteuid() and st.st_gid == os.getegid():
             self._owner_as_created = (st.st_uid, st.st_gid)
 
-    @staticmethod
-    def _empty_dir(p: Path) -> bool:
-        try:
-            return p.is_dir() and not any(os.scandir(p))
-        except OSError:
-            return False
-
     def abort(self) -> None:
-        self._close_all()
-        if self.temp is not None:
-            remove_tree(self.temp)
-            self.temp = None
+        self._close_file()
+        self.ns.abort()
 
-    def _close_all(self) -> None:
+    def _close_file(self) -> None:
         if self._cur_fd >= 0:
             os.close(self._cur_fd)
             self._cur_fd = -1
-        if self._dirs_open is not None:
-            self._dirs_open.close()
-
-    # -- directory fds ---------------------------------------------------------------------
-
-    def _dir_fd(self, dir_id: int) -> int:
-        return self._dirs_open.get(dir_id)
 
     @property
     def dir_opens(self) -> int:
         """Directories opened so far (the cost the fd cache saves)."""
-        return self._dirs_open.opens if self._dirs_open is not None else 0
-
-    def _path(self, file_id: int) -> str:
-        parts = []
-        while file_id != ROOT_ID:
-            node = self._nodes[file_id]
-            parts.append(os.fsdecode(node.name))
-            file_id = node.parent_id
-        return "/".join(reversed(parts)) or "."
+        return self.ns.dir_opens
 
     # -- records ------------------------------------------------------------------------------
 
     def create(self, rec: Create) -> None:
         self._finish_file()
-        # only directories need their record again (in commit): a file keeps just its name
-        self._nodes[rec.file_id] = _Node(rec.parent_id, rec.name, rec if rec.type == RecordType.MKDIR else None)
+        self.ns.add(rec)
         self._cur_id, self._cur_rec = rec.file_id, rec
         if rec.file_id == ROOT_ID:
-            self._dirs.append(ROOT_ID)
+            self.ns.dirs.append(ROOT_ID)
             return
         try:
-            parent_fd = self._dir_fd(rec.parent_id)  # O_NOFOLLOW: a symlink here is an error
+            parent_fd = self.ns.dir_fd(rec.parent_id)  # O_NOFOLLOW: a symlink here is an error
             if rec.type == RecordType.MKDIR:
                 os.mkdir(rec.name, 0o700, dir_fd=parent_fd)
-                self._dirs.append(rec.file_id)
+                self.ns.dirs.append(rec.file_id)
             elif rec.type == RecordType.MKFILE:
                 self._cur_nodatasum = None
                 self._cur_fd = os.open(rec.name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
@@ -232,7 +123,7 @@ class TreeSink:
                     os.ftruncate(self._cur_fd, rec.size)
                 # before its xattrs: chown clears security.capability; a new file has none yet,
                 # so a chown to the owner it already has is skipped
-                if self.preserve_owner and (rec.uid, rec.gid) != self._owner_as_created:
+                if self.policy.preserve_owner and (rec.uid, rec.gid) != self._owner_as_created:
                     os.fchown(self._cur_fd, rec.uid, rec.gid)
             elif rec.type == RecordType.SYMLINK:
                 os.symlink(rec.target, rec.name, dir_fd=parent_fd)
@@ -243,66 +134,54 @@ class TreeSink:
             raise self._os_error(e, rec.file_id) from None
 
     def _mknod(self, rec: Create, parent_fd: int) -> None:
-        kind = stat.S_IFMT(rec.mode)
-        if kind in (stat.S_IFBLK, stat.S_IFCHR):
-            # a device node opens whatever device its number names (this host's disks too)
-            allowed = self.preserve_devices and self.root_user
-        else:
-            allowed = self.preserve_special and (kind == stat.S_IFIFO or self.root_user)
-        if not allowed:
-            self.report.skipped_special += 1
-            if kind in (stat.S_IFBLK, stat.S_IFCHR):
-                self.report.skipped_devices += 1
+        if not self.policy.special_allowed(rec):
             return
-        os.mknod(rec.name, kind | 0o600, rec.size, dir_fd=parent_fd)
-        if self.preserve_owner:
+        os.mknod(rec.name, stat.S_IFMT(rec.mode) | 0o600, rec.size, dir_fd=parent_fd)
+        if self.policy.preserve_owner:
             os.chown(rec.name, rec.uid, rec.gid, dir_fd=parent_fd, follow_symlinks=False)
         # after chown, which clears setuid and setgid; mknod's mode went through the umask
-        os.chmod(rec.name, self._mode(rec), dir_fd=parent_fd, follow_symlinks=False)
+        os.chmod(rec.name, self.policy.mode(rec), dir_fd=parent_fd, follow_symlinks=False)
         os.utime(rec.name, ns=(rec.atime_ns, rec.mtime_ns), dir_fd=parent_fd, follow_symlinks=False)
 
     def _apply_symlink_meta(self, rec: Create, parent_fd: int) -> None:
-        if self.preserve_owner:
+        if self.policy.preserve_owner:
             os.chown(rec.name, rec.uid, rec.gid, dir_fd=parent_fd, follow_symlinks=False)
         os.utime(rec.name, ns=(rec.atime_ns, rec.mtime_ns), dir_fd=parent_fd, follow_symlinks=False)
 
     def link(self, rec: Link) -> None:
         self._finish_file()
         self._cur_id, self._cur_rec = 0, None
-        src = self._nodes[rec.file_id]
+        src = self.ns.nodes[rec.file_id]
         try:
-            src_fd = self._dir_fd(src.parent_id)
+            src_fd = self.ns.dir_fd(src.parent_id)
             # Opening the destination may refill the cache: were the source's fd closed, a
             # directory opened after it would get its number, and the name would be looked up
             # there (a link to another file of that name, or to a symlink).
-            with self._dirs_open.hold(src.parent_id):
-                dst_fd = self._dir_fd(rec.parent_id)
+            with self.ns.hold(src.parent_id):
+                dst_fd = self.ns.dir_fd(rec.parent_id)
             os.link(src.name, rec.name, src_dir_fd=src_fd, dst_dir_fd=dst_fd, follow_symlinks=False)
         except OSError as e:
             raise self._os_error(e, rec.file_id) from None
 
     def xattr(self, rec: SetXattr) -> None:
         cur = self._cur_rec
-        if rec.name.startswith(PRIVILEGED_XATTRS) and not self.preserve_owner:
-            self._skip_xattr(rec, "security.* and trusted.* need --preserve-owner")
-            return
-        if rec.name.startswith(ACL_XATTRS) and not self.preserve_owner:
-            self._skip_xattr(rec, "ACLs name users and groups by number: they need --preserve-owner")
+        refusal = self.policy.xattr_refusal(rec.name)
+        if refusal is not None:
+            self._skip_xattr(rec, refusal)
             return
         try:
             if cur.type == RecordType.MKFILE:
                 os.setxattr(self._cur_fd, rec.name, rec.value)
             elif cur.type == RecordType.MKDIR:
-                os.setxattr(self._dir_fd(rec.file_id), rec.name, rec.value)
+                os.setxattr(self.ns.dir_fd(rec.file_id), rec.name, rec.value)
             elif cur.type == RecordType.SYMLINK:
                 # no fd can be opened on a symlink itself: go through the parent's fd
-                path = f"/proc/self/fd/{self._dir_fd(cur.parent_id)}/{os.fsdecode(cur.name)}"
+                path = f"/proc/self/fd/{self.ns.dir_fd(cur.parent_id)}/{os.fsdecode(cur.name)}"
                 os.setxattr(path, rec.name, rec.value, follow_symlinks=False)
             else:
                 self.report.skipped_xattrs += 1
                 return
-            if rec.name == CAPABILITY_XATTR:
-                self.report.kept_capabilities += 1
+            self.policy.xattr_set(rec.name)
         except OSError as e:
             # ENOSPC, E2BIG, ERANGE: more or larger xattrs than this filesystem holds (ext4)
             if e.errno in (errno.EPERM, errno.ENOTSUP, errno.EACCES, errno.EINVAL, errno.ENOSPC,
@@ -314,7 +193,7 @@ class TreeSink:
     def _skip_xattr(self, rec: SetXattr, why: str) -> None:
         self.report.skipped_xattrs += 1
         if len(self.report.warnings) < 20:
-            self.report.warnings.append(f"{self._path(rec.file_id)}: xattr {os.fsdecode(rec.name)} not set: {why}")
+            self.report.warnings.append(f"{self.ns.path(rec.file_id)}: xattr {os.fsdecode(rec.name)} not set: {why}")
 
     def wants_encoded(self, rec: Extent) -> bool:
         # Every compressed extent comes here still encoded: extent_encoded() writes it
@@ -414,55 +293,35 @@ class TreeSink:
         try:
             if rec.size > self._cur_end and self._no_encoded is not None:
                 os.ftruncate(fd, rec.size)  # a hole at the end, or a file of holes
-            os.fchmod(fd, self._mode(rec))
+            os.fchmod(fd, self.policy.mode(rec))
             os.utime(fd, ns=(rec.atime_ns, rec.mtime_ns))
         except OSError as e:
             raise self._os_error(e, rec.file_id) from None
         finally:
             os.close(fd)
 
-    def _mode(self, rec: Create) -> int:
-        mode = stat.S_IMODE(rec.mode)
-        if self.preserve_owner:
-            if mode & 0o6000 and rec.type != RecordType.MKDIR:  # on a directory they grant nothing
-                self.report.kept_setid += 1
-        else:
-            keep = 0o3777 if rec.type == RecordType.MKDIR else 0o777  # no setuid/setgid on files we own
-            if mode & ~keep:
-                self.report.stripped_modes += 1
-            mode &= keep
-        return mode
-
     def commit(self) -> None:
         self._finish_file()
         # deepest first: a child always has a larger id than its parent, so read-only
         # directories get their mode only after everything inside them is written
         try:
-            for dir_id in sorted(self._dirs, reverse=True):
-                rec = self._nodes[dir_id].rec
-                fd = self._dir_fd(dir_id)
-                if self.preserve_owner:
+            for dir_id in sorted(self.ns.dirs, reverse=True):
+                rec = self.ns.nodes[dir_id].rec
+                fd = self.ns.dir_fd(dir_id)
+                if self.policy.preserve_owner:
                     os.fchown(fd, rec.uid, rec.gid)
-                os.fchmod(fd, self._mode(rec))
+                os.fchmod(fd, self.policy.mode(rec))
                 os.utime(fd, ns=(rec.atime_ns, rec.mtime_ns))
             if self.sync:
                 # Also where a failed encoded write shows: its data goes to disk after the
                 # ioctl returned, and syncfs commits the transaction and reports its error.
-                syncfs(self._dirs_open.root)
+                syncfs(self.ns.root_fd)
         except OSError as e:
             raise self._os_error(e, 0) from None
-        self._close_all()
-        try:
-            os.rename(self.temp, self.dest)
-        except OSError as e:
-            raise DestinationError(f"cannot move the received tree into place: {e.strerror}",
-                                   path=str(self.dest)) from None
-        self.temp = None
-        if self.sync:
-            fsync_dir(self.dest.parent)
+        self.ns.rename_into_place(self.sync)
 
     def _os_error(self, e: OSError, file_id: int) -> RawsendError:
-        path = str(self.dest / self._path(file_id)) if file_id in self._nodes else str(self.dest)
+        path = self.ns.where(file_id)
         if e.errno == errno.ENOSPC:
             return DestinationError("no space left on the destination", path=path,
                                     hint="free space and receive again; nothing was kept")

@@ -1,0 +1,169 @@
+"""Where a received tree is built: a private temporary directory beside DEST, the names in it,
+its directories' fds, and the rename that puts it in place.
+
+Confinement by construction: every name is a single checked component and every entry is
+created relative to its parent directory's fd (dirfds.DirCache), so nothing a stream says can
+reach outside the temporary directory.  The destination only appears, complete, after END was
+checked (spec section "Receiving").
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import stat
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from pathlib import Path
+
+from rawsend.errors import DestinationError
+from rawsend.fsutil import fsync_dir, left_by_dead_process
+from rawsend.sinks.dirfds import DirCache
+from rawsend.stream.records import ROOT_ID, Create, RecordType
+
+TEMP_MARK = ".rawsend-"
+
+
+@dataclass(slots=True)
+class Node:
+    parent_id: int
+    name: bytes
+    rec: Create | None  # directories only
+
+
+def _real_dir(p) -> bool:
+    try:
+        return stat.S_ISDIR(os.lstat(p).st_mode)
+    except OSError:
+        return False
+
+
+def remove_tree(path: Path) -> None:
+    """Remove a temporary tree of ours, also where the stream made directories read-only.
+
+    Only real directories at or below ``path`` are made writable again, and no symlink is
+    followed.  Best effort, never raises (it runs while another error is on its way out):
+    whatever stays is removed by the next receive into the same destination.
+    """
+    if not _real_dir(path):
+        return
+    try:
+        os.chmod(path, 0o700)
+    except OSError:
+        pass
+    for top, dirs, _files in os.walk(path):  # top-down: each directory opens before it is listed
+        for name in dirs:
+            sub = os.path.join(top, name)
+            if _real_dir(sub):
+                try:
+                    os.chmod(sub, 0o700)
+                except OSError:
+                    pass
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def clean_stale_temps(dest: Path) -> list[Path]:
+    """Remove temporary directories of earlier receives into ``dest`` whose process is gone."""
+    removed = []
+    prefix = f".{dest.name}{TEMP_MARK}"
+    try:
+        entries = list(dest.parent.iterdir())
+    except OSError:
+        return removed
+    for p in entries:
+        if not p.name.startswith(prefix):
+            continue
+        if left_by_dead_process(p.name[len(prefix):]) and _real_dir(p):  # never a symlink
+            remove_tree(p)
+            removed.append(p)
+    return removed
+
+
+def _empty_dir(p: Path) -> bool:
+    try:
+        return p.is_dir() and not any(os.scandir(p))
+    except OSError:
+        return False
+
+
+class Namespace:
+    """The temporary tree of one receive: names by file id, directory fds, commit and abort."""
+
+    def __init__(self, dest: str | Path):
+        self.dest = Path(os.path.abspath(dest))
+        self.temp: Path | None = None
+        self.nodes: dict[int, Node] = {}
+        self.dirs: list[int] = []  # directories created, for their metadata at commit
+        self._fds: DirCache | None = None  # set in begin()
+
+    def begin(self) -> int:
+        """Check DEST, create the temporary directory; its fd (the root's)."""
+        parent = self.dest.parent
+        if not parent.is_dir():
+            raise DestinationError("its parent directory does not exist", path=str(parent))
+        if self.dest.is_symlink() or (self.dest.exists() and not _empty_dir(self.dest)):
+            raise DestinationError("it exists and is not an empty directory", path=str(self.dest),
+                                   hint="choose a new directory; receive never overwrites")
+        clean_stale_temps(self.dest)
+        self.temp = parent / f".{self.dest.name}{TEMP_MARK}{os.getpid()}-{secrets.token_hex(4)}"
+        try:
+            os.mkdir(self.temp, 0o700)
+        except OSError as e:
+            raise DestinationError(f"cannot create a temporary directory: {e.strerror}",
+                                   path=str(self.temp)) from None
+        fd = os.open(self.temp, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        self._fds = DirCache(fd, self.nodes)
+        return fd
+
+    def add(self, rec: Create) -> None:
+        # only directories need their record again (in commit): a file keeps just its name
+        self.nodes[rec.file_id] = Node(rec.parent_id, rec.name, rec if rec.type == RecordType.MKDIR else None)
+
+    def dir_fd(self, dir_id: int) -> int:
+        return self._fds.get(dir_id)
+
+    def hold(self, dir_id: int) -> AbstractContextManager:
+        """Keep ``dir_id``'s fd open (and so its number ours) while more directories are opened."""
+        return self._fds.hold(dir_id)
+
+    @property
+    def root_fd(self) -> int:
+        return self._fds.root
+
+    @property
+    def dir_opens(self) -> int:
+        return self._fds.opens if self._fds is not None else 0
+
+    def path(self, file_id: int) -> str:
+        parts = []
+        while file_id != ROOT_ID:
+            node = self.nodes[file_id]
+            parts.append(os.fsdecode(node.name))
+            file_id = node.parent_id
+        return "/".join(reversed(parts)) or "."
+
+    def where(self, file_id: int) -> str:
+        """The path an error names: where the entry will be in DEST."""
+        return str(self.dest / self.path(file_id)) if file_id in self.nodes else str(self.dest)
+
+    def close(self) -> None:
+        if self._fds is not None:
+            self._fds.close()
+
+    def rename_into_place(self, sync: bool) -> None:
+        self.close()
+        try:
+            os.rename(self.temp, self.dest)
+        except OSError as e:
+            raise DestinationError(f"cannot move the received tree into place: {e.strerror}",
+                                   path=str(self.dest)) from None
+        self.temp = None
+        if sync:
+            fsync_dir(self.dest.parent)
+
+    def abort(self) -> None:
+        self.close()
+        if self.temp is not None:
+            remove_tree(self.temp)
+            self.temp = None
