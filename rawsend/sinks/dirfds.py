@@ -6,7 +6,7 @@ component may be a symlink or leave that ancestor.  Opening one level at a time 
 cost one call per level whenever the stream moves between deep directories, whatever their
 order (two 500-deep chains named in turn reopen a whole chain for every file).  Where the
 kernel has no openat2 (before Linux 5.6, or filtered by seccomp) the levels are opened one by
-one with O_NOFOLLOW, as before.
+one with O_NOFOLLOW, one call each.
 """
 
 from __future__ import annotations
