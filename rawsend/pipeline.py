@@ -213,14 +213,11 @@ def receive(stream, sink, *, keyring=None, limits: Limits | None = None, require
                 stats.encrypted = header.encrypted
                 if header.encrypted:
                     opener = keyring.opener(header) if keyring is not None else None
-                    given = f" (given: {', '.join(keyring.key_ids)})" if keyring is not None else ""
-                    if opener is None and require_key:
-                        raise KeyMissing(f"it needs key id {header.key_id.hex()}{given}",
-                                         record=0, offset=raw.offset)
                     if opener is None and keyring is not None:
-                        # keys were given to authenticate: a keyless check would not be what was asked
-                        raise WrongKey(f"it needs key id {header.key_id.hex()}{given}",
-                                       record=0, offset=raw.offset)
+                        # keys were given, to open or to authenticate: a keyless check is not what was asked
+                        raise WrongKey.for_stream(header.key_id.hex(), keyring.key_ids, offset=raw.offset)
+                    if opener is None and require_key:
+                        raise KeyMissing(f"it needs key id {header.key_id.hex()}", record=0, offset=raw.offset)
                 if on_record:
                     on_record(raw, header)
                 sink.begin(header)

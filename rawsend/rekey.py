@@ -54,8 +54,7 @@ def rekey(stream: BinaryIO, write: Callable[[bytes], None], old: Key | Keyring, 
                                      hint="make an encrypted stream with 'rawsend send --encrypt KEYFILE'")
                 opener = keyring.opener(header)
                 if opener is None:
-                    raise WrongKey(f"it needs key id {header.key_id.hex()}, --from has"
-                                   f" {', '.join(keyring.key_ids)}", hint="pass --from with the key of that id")
+                    raise WrongKey.for_stream(header.key_id.hex(), keyring.key_ids, offset=raw.offset)
                 stats.old_key_id = header.key_id.hex()
                 sealer = Sealer(new, header.cipher, random=random)
                 new_header = dataclasses.replace(header, **sealer.header_fields())

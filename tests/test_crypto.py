@@ -17,7 +17,7 @@ from rawsend.codecs.crypto import (
     AAD_PREFIX, Keyring, Opener, Sealer, derive_stream_keys, extent_aad,
 )
 from rawsend.codecs.keys import Key, KeyFileError, format_key, load_key, parse_key, write_key_file
-from rawsend.errors import AuthenticationFailed, KeyMissing, MalformedRecord, WrongKey
+from rawsend.errors import AuthenticationFailed, KeyMissing, MalformedRecord, OutputError, WrongKey
 from rawsend.pipeline import NullSink, receive, send
 from rawsend.sources.tree import DataChunk
 from rawsend.stream.reader import RawRecord, StreamReader
@@ -144,12 +144,12 @@ def test_write_key_file_is_0600_and_never_overwrites(tmp_path):
         os.umask(old)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert load_key(path).secret == SECRET
-    with pytest.raises(KeyFileError, match="already exists"):
+    with pytest.raises(OutputError, match="already exists"):
         write_key_file(path, Key(bytes(32)))
     assert load_key(path).secret == SECRET
     link = tmp_path / "link.key"
     link.symlink_to(tmp_path / "elsewhere.key")
-    with pytest.raises(KeyFileError):
+    with pytest.raises(OutputError):
         write_key_file(link, KEY)
     assert not (tmp_path / "elsewhere.key").exists()
 
@@ -372,14 +372,14 @@ def test_receive_of_an_encrypted_stream_needs_the_key_before_the_sink_begins():
         def begin(self, header):
             begun.append(header)
 
-    for keyring, error in ((None, KeyMissing), (Keyring([Key(bytes(32))]), KeyMissing)):
+    for keyring, error in ((None, KeyMissing), (Keyring([Key(bytes(32))]), WrongKey)):
         with pytest.raises(error) as info:
             receive(io.BytesIO(stream), Recording(), keyring=keyring)
-        assert KEY.key_id.hex() in str(info.value) and "--store" in str(info.value)
+        assert KEY.key_id.hex() in str(info.value) and info.value.exit_code == 4
     assert begun == []
     with pytest.raises(WrongKey) as info:
         receive(io.BytesIO(stream), NullSink(), keyring=Keyring([Key(bytes(32))]), require_key=False)
-    assert info.value.exit_code == 1 and KEY.key_id.hex() in str(info.value)
+    assert info.value.exit_code == 4 and KEY.key_id.hex() in str(info.value)
     keyless = receive(io.BytesIO(stream), NullSink(), require_key=False)
     assert keyless.encrypted and not keyless.authenticated
     assert keyless.extents == 4 and keyless.sealed_skipped == 2  # 520000 bytes in 128 KiB extents; 2 creates

@@ -15,7 +15,7 @@ import os
 import stat
 from typing import Callable
 
-from rawsend.errors import KeyFileError
+from rawsend.errors import KeyFileError, OutputError
 from rawsend.fsutil import write_all
 
 KEY_PREFIX = b"RAWSEND-KEY-1 "
@@ -119,10 +119,10 @@ def write_key_file(path: str | os.PathLike, key: Key) -> None:
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     except FileExistsError:
-        raise KeyFileError("it already exists; keygen never overwrites a key", path=path,
+        raise OutputError("the key file already exists; keygen never overwrites a key", path=path,
                            hint="choose a new file name") from None
     except OSError as e:
-        raise KeyFileError(f"cannot create it: {e.strerror}", path=path) from None
+        raise OutputError(f"cannot create the key file: {e.strerror}", path=path) from None
     try:
         os.fchmod(fd, 0o600)  # the umask may have taken bits away, never added: make it exact
         write_all(fd, format_key(key.secret))
@@ -130,5 +130,5 @@ def write_key_file(path: str | os.PathLike, key: Key) -> None:
     except OSError as e:
         os.close(fd)
         os.unlink(path)
-        raise KeyFileError(f"cannot write it: {e.strerror}", path=path) from None
+        raise OutputError(f"cannot write the key file: {e.strerror}", path=path) from None
     os.close(fd)

@@ -169,7 +169,7 @@ class Store:
             if name.endswith(INDEX_SUFFIX) and _is_stream_id(name[:-len(INDEX_SUFFIX)]):
                 try:
                     entry = self.read_entry(name[:-len(INDEX_SUFFIX)])
-                except StoreError as e:
+                except (StoreError, StoreDamaged) as e:
                     if damaged is None:
                         raise
                     damaged.append(e)
