@@ -18,7 +18,7 @@ from pathlib import Path
 import click
 
 from rawsend import __version__
-from rawsend.errors import LocalError, OutputError, RawsendError
+from rawsend.errors import LocalError, OutputError, RawsendError, SendWarning
 from rawsend.stream.records import Compression
 from rawsend.text import echo, json_line
 
@@ -191,7 +191,7 @@ def send(source, output, compress_name, level, encrypt_key, cipher, threads, no_
          f"{_human(stats.stream_bytes)} of stream ({stats.extents} extents: {mix}) in {elapsed:.2f} s"
          + _btrfs_send_summary(report))
     if report.warnings:
-        sys.exit(1)
+        sys.exit(SendWarning.exit_code)
 
 
 def _tree_source(path: str, raw: bool):

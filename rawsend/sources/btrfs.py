@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Iterator
 
 from rawsend import btrfs
+from rawsend.errors import ChangedWhileRead, Unreadable
 from rawsend.sources.tree import EncodedChunk, SourceReport, TreeSource
 from rawsend.stream.records import Compression, Extent
 
@@ -121,12 +122,12 @@ class BtrfsSource(TreeSource):
                 if err.errno == errno.EPERM:
                     self._stop_raw(NO_CAP_NOTICE)
                 elif err.errno not in (errno.ENOTTY, errno.EOPNOTSUPP, errno.EINVAL):
-                    self.report.warn(f"{path}: read error at {pos}: {err.strerror}")
+                    self.report.warn(Unreadable(path, f"read at byte {pos}: {err.strerror}"))
                     return None
                 # no encoded reads here after all: the plain read decides
                 return end if (yield from self._read_range(fd, file_id, pos, end, path)) else None
             if e is None:
-                self.report.warn(f"{path}: file shrank while we read it")
+                self.report.warn(ChangedWhileRead(path, "shrank"))
                 return None
             # i_size may have grown since the file's size was recorded: stop at that size
             num_bytes = min(e.num_bytes, size - pos)

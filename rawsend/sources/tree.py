@@ -16,7 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from rawsend.errors import SourceError
+from rawsend.errors import (
+    ChangedWhileRead, Replaced, SendNotice, SendWarning, SkippedSocket, SourceError, Unreadable, Vanished,
+)
 from rawsend.stream.records import MAX_EXTENT_LEN, ROOT_ID, Create, Extent, Link, RecordType, SetXattr
 
 CHUNK = MAX_EXTENT_LEN  # extents of at most 128 KiB, as btrfs
@@ -47,11 +49,11 @@ class SourceReport:
     hardlinks: int = 0
     specials: int = 0
     logical_bytes: int = 0
-    warnings: list[str] = field(default_factory=list)
-    notices: list[str] = field(default_factory=list)  # worth saying, but not a failure (exit 0)
+    warnings: list[SendWarning] = field(default_factory=list)  # send exits SendWarning.exit_code
+    notices: list[SendNotice | str] = field(default_factory=list)  # worth saying, but not a failure (exit 0)
 
-    def warn(self, text: str) -> None:
-        self.warnings.append(text)
+    def warn(self, warning: SendWarning) -> None:
+        self.warnings.append(warning)
 
 
 _TYPES = {stat.S_IFREG: RecordType.MKFILE, stat.S_IFDIR: RecordType.MKDIR,
@@ -97,19 +99,19 @@ class TreeSource:
         try:
             names = sorted(os.fsencode(e.name) for e in os.scandir(dir_fd))
         except OSError as e:
-            self.report.warn(f"{path}: cannot list directory: {e.strerror}")
+            self.report.warn(Unreadable(path, f"list the directory: {e.strerror}"))
             return
         for name in names:
             child = f"{path}/{os.fsdecode(name)}"
             try:
                 st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
             except FileNotFoundError:
-                self.report.warn(f"{child}: file removed before we read it")
+                self.report.warn(Vanished(child))
                 continue
             kind = stat.S_IFMT(st.st_mode)
             rtype = _TYPES.get(kind)
             if rtype is None:
-                self.report.notices.append(f"{child}: socket ignored")  # as tar: not an error
+                self.report.notices.append(SkippedSocket(child))  # as tar: not an error
                 continue
             if kind == stat.S_IFDIR:
                 yield from self._dir(dir_fd, dir_id, name, child)
@@ -119,7 +121,7 @@ class TreeSource:
                 try:
                     target = os.readlink(name, dir_fd=dir_fd)
                 except OSError as e:
-                    self.report.warn(f"{child}: cannot read link: {e.strerror}")
+                    self.report.warn(Unreadable(child, f"read the link: {e.strerror}"))
                     continue
                 file_id = self._new_id()
                 yield _create(RecordType.SYMLINK, file_id, dir_id, name, st, target=target)
@@ -134,7 +136,7 @@ class TreeSource:
         try:
             fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=parent_fd)
         except OSError as e:
-            self.report.warn(f"{path}: cannot open directory: {e.strerror}")
+            self.report.warn(Unreadable(path, f"open the directory: {e.strerror}"))
             return
         try:
             st = os.fstat(fd)
@@ -155,15 +157,15 @@ class TreeSource:
         try:
             fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=parent_fd)
         except FileNotFoundError:
-            self.report.warn(f"{path}: file removed before we read it")
+            self.report.warn(Vanished(path))
             return
         except OSError as e:
-            self.report.warn(f"{path}: cannot open: {e.strerror}")
+            self.report.warn(Unreadable(path, f"open it: {e.strerror}"))
             return
         try:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
-                self.report.warn(f"{path}: replaced while we read the tree; skipped")
+                self.report.warn(Replaced(path))
                 return
             file_id = self._new_id()
             if st.st_nlink > 1:
@@ -176,7 +178,7 @@ class TreeSource:
             yield from self._xattrs(file_id, fd, path)
             after = os.fstat(fd)
             if (after.st_size, after.st_mtime_ns, after.st_ctime_ns) != (size, st.st_mtime_ns, st.st_ctime_ns):
-                self.report.warn(f"{path}: file changed as we read it")
+                self.report.warn(ChangedWhileRead(path, "changed"))
         finally:
             os.close(fd)
 
@@ -203,10 +205,10 @@ class TreeSource:
             try:
                 data = os.pread(fd, n, start)
             except OSError as e:
-                self.report.warn(f"{path}: read error at {start}: {e.strerror}")
+                self.report.warn(Unreadable(path, f"read at byte {start}: {e.strerror}"))
                 return False
             if len(data) < n:
-                self.report.warn(f"{path}: file shrank while we read it")
+                self.report.warn(ChangedWhileRead(path, "shrank"))
                 if data:
                     yield DataChunk(file_id, start, data)
                 return False
@@ -220,12 +222,12 @@ class TreeSource:
             names = os.listxattr(target, follow_symlinks=fd is not None)
         except OSError as e:
             if e.errno not in (errno.ENOTSUP, errno.EPERM):
-                self.report.warn(f"{path}: cannot list xattrs: {e.strerror}")
+                self.report.warn(Unreadable(path, f"list its xattrs: {e.strerror}"))
             return
         for xname in sorted(names):
             try:
                 value = os.getxattr(target, xname, follow_symlinks=fd is not None)
             except OSError as e:
-                self.report.warn(f"{path}: cannot read xattr {xname}: {e.strerror}")
+                self.report.warn(Unreadable(path, f"read its xattr {xname}: {e.strerror}"))
                 continue
             yield SetXattr(file_id, os.fsencode(xname), value)
