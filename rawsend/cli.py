@@ -1,24 +1,28 @@
 """Command line: parse options, call the library, print.  Errors map to exit codes here only.
 
-Exit codes: 0 success; 1 the stream or store is damaged, invalid or fails
-authentication (or send finished with warnings); 2 usage error; 3 a local
-problem (source unreadable, destination exists, disk full); 4 a key is
-missing or unusable; 70 an internal error (a bug).
+An error's exit code is its class's (errors.EXIT_CODES lists them; the README's
+table is made from them): 1 damaged or forged input, 2 usage, 3 a local problem,
+4 a key problem, 5 send finished with warnings, 70 a bug, 128+N signal N,
+141 standard output closed by its reader.
 """
 
 from __future__ import annotations
 
 import fcntl
 import os
+import signal
 import stat
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import click
 
 from rawsend import __version__
-from rawsend.errors import LocalError, OutputError, RawsendError, SendWarning
+from rawsend.errors import (
+    InternalError, Interrupted, LocalError, OutputClosed, OutputError, RawsendError, SendWarning, SourceError,
+)
 from rawsend.stream.records import Compression
 from rawsend.text import echo, json_line
 
@@ -87,31 +91,68 @@ def _load_keyring(key_files):
     return Keyring.from_files(key_files, warn=_warn)
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def _stop(signum, frame) -> None:
+    # A second signal while cleaning up ends the process at once, as the default action would;
+    # what it leaves is pid-tagged and removed by the next receive.
+    for sig in STOP_SIGNALS:
+        if signal.getsignal(sig) is _stop:
+            signal.signal(sig, signal.SIG_DFL)
+    raise Interrupted(signum)
+
+
+def _catch_stop_signals() -> None:
+    """SIGINT, SIGTERM and SIGHUP unwind the command like an error, so its cleanup runs."""
+    for sig in STOP_SIGNALS:
+        if signal.getsignal(sig) is not signal.SIG_IGN:  # nohup and background jobs ignore some: keep that
+            signal.signal(sig, _stop)
+
+
+@contextmanager
+def _on_interrupt(note: str):
+    """Say what was undone when a signal stops the command inside this block."""
+    try:
+        yield
+    except Interrupted as e:
+        e.note = note
+        raise
+
+
+def _exit_with(e: RawsendError | Interrupted) -> None:
+    if not e.silent:
+        _err(e.message())
+    try:
+        sys.stdout.flush()
+    except OSError:  # closed: keep the interpreter's own flush at exit from complaining
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    sys.exit(e.exit_code)
+
+
 class RawsendGroup(click.Group):
     def invoke(self, ctx):
+        _catch_stop_signals()
         try:
             return super().invoke(ctx)
-        except RawsendError as e:
-            _err(str(e))
-            sys.exit(e.exit_code)
-        except KeyboardInterrupt:
-            _err("interrupted")
-            sys.exit(130)
-        except BrokenPipeError:
-            _err("broken pipe: the other side of the pipe closed")
-            sys.exit(3)
+        except (RawsendError, Interrupted) as e:
+            _exit_with(e)
+        except KeyboardInterrupt:  # raised by Python's own handler, before ours was in place
+            _exit_with(Interrupted(signal.SIGINT))
+        except BrokenPipeError:  # printing to a closed stdout; a stream's fd_writer raises OutputClosed
+            _exit_with(OutputClosed())
         except (click.ClickException, click.exceptions.Exit, click.Abort):
-            raise  # usage errors and --help: click prints them
+            raise  # usage errors and --help: click prints them and exits 2 or 0
         except OSError as e:  # a local problem no layer below named more precisely
-            where = f" (at path {e.filename!r})" if e.filename else ""
-            _err(f"{e.strerror or e}{where}")
-            sys.exit(3)
+            _exit_with(LocalError(e.strerror or str(e), path=e.filename))
         except Exception as e:
             if os.environ.get("RAWSEND_DEBUG"):
                 raise
-            _err(f"internal error: {type(e).__name__}: {e}; this is a bug in rawsend, please report it"
-                 " (RAWSEND_DEBUG=1 shows the traceback)")
-            sys.exit(70)
+            _exit_with(InternalError(f"{type(e).__name__}: {e}"))
+        finally:
+            for sig in STOP_SIGNALS:  # past the command, a signal has nothing left to clean up
+                if signal.getsignal(sig) is _stop:
+                    signal.signal(sig, signal.SIG_DFL)
 
 
 @click.group(cls=RawsendGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -123,12 +164,13 @@ def main():
 # -- send ---------------------------------------------------------------------------------------
 
 @main.command()
-@click.argument("source", type=click.Path(exists=True, file_okay=False))
+# existence and access are checked when opened: a missing or unreadable path is a local problem (3)
+@click.argument("source", type=click.Path(readable=False))
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write the stream here instead of stdout.")
 @click.option("--compress", "compress_name", type=click.Choice(["zstd", "zlib", "lz4", "none"]),
               default="zstd", show_default=True, help="Codec for extents that are not already compressed.")
 @click.option("--level", type=int, default=None, help="Compression level (zstd default 3, zlib 3).")
-@click.option("--encrypt", "encrypt_key", type=click.Path(exists=True, dir_okay=False),
+@click.option("--encrypt", "encrypt_key", type=click.Path(readable=False),
               help="Seal extents and metadata with this key file.")
 @click.option("--cipher", type=click.Choice(["aes-256-gcm", "chacha20-poly1305"]), default="aes-256-gcm",
               show_default=True, help="AEAD used with --encrypt.")
@@ -144,6 +186,7 @@ def send(source, output, compress_name, level, encrypt_key, cipher, threads, no_
     When SOURCE is a store, relay one stored stream instead, byte for byte.
     """
     from rawsend.store import is_store
+    _check_source(source)
     if is_store(source):
         given = [name for name, value in (("--encrypt", encrypt_key), ("--level", level), ("--threads", threads))
                  if value is not None]
@@ -194,6 +237,14 @@ def send(source, output, compress_name, level, encrypt_key, cipher, threads, no_
         sys.exit(SendWarning.exit_code)
 
 
+def _check_source(path: str) -> None:
+    """Before any output is created: SOURCE must be a directory this process can read."""
+    try:
+        os.close(os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC))
+    except OSError as e:
+        raise SourceError(e.strerror, path=path, hint="give a directory that exists and can be read") from None
+
+
 def _tree_source(path: str, raw: bool):
     """The source for a directory and its report: on btrfs, one that sends compressed
     extents as they lie on disk (unless raw is False)."""
@@ -230,9 +281,9 @@ def _btrfs_send_summary(report) -> str:
 
 @main.command()
 @click.argument("dest", type=click.Path(file_okay=False))
-@click.option("-f", "--file", "input_path", type=click.Path(dir_okay=False, allow_dash=True),
+@click.option("-f", "--file", "input_path", type=click.Path(dir_okay=False, allow_dash=True, readable=False),
               help="Read the stream from FILE instead of stdin.")
-@click.option("--key-file", "key_files", multiple=True, type=click.Path(exists=True, dir_okay=False),
+@click.option("--key-file", "key_files", multiple=True, type=click.Path(readable=False),
               help="Key for an encrypted stream (repeatable; the stream's key id picks one).")
 @click.option("--preserve-owner/--no-preserve-owner", default=None,
               help="Apply the stream's uid/gid and setuid/setgid bits (default: when root).")
@@ -285,7 +336,7 @@ def receive(dest, input_path, key_files, preserve_owner, preserve_special, prese
     keyring = _load_keyring(key_files)
     bar = Progress(progress, "receive")
     started = time.monotonic()
-    with _open_input(input_path) as stream:
+    with _open_input(input_path) as stream, _on_interrupt(f"nothing was kept: {dest} is as it was"):
         try:
             stats = do_receive(stream, sink, keyring=keyring, limits=limits, progress=bar)
         finally:
@@ -350,7 +401,7 @@ def _receive_store(store, input_path, limits, progress) -> None:
 
     bar = Progress(progress, "receive")
     started = time.monotonic()
-    with _open_input(input_path) as stream:
+    with _open_input(input_path) as stream, _on_interrupt(f"nothing was stored: {store} is as it was"):
         try:
             receipt = receive_into_store(stream, store, limits=limits, progress=bar)
         finally:
@@ -413,9 +464,9 @@ def ls(store, as_json):
 # -- dump / verify ------------------------------------------------------------------------------
 
 @main.command()
-@click.argument("stream_file", required=False, default="-", type=click.Path(dir_okay=False, allow_dash=True))
+@click.argument("stream_file", required=False, default="-", type=click.Path(dir_okay=False, allow_dash=True, readable=False))
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
-@click.option("--key-file", "key_files", multiple=True, type=click.Path(exists=True, dir_okay=False),
+@click.option("--key-file", "key_files", multiple=True, type=click.Path(readable=False),
               help="Key to show the names inside an encrypted stream.")
 def dump(stream_file, as_json, key_files):
     """Print the header and one line per record of a stream (FILE or - for stdin)."""
@@ -429,16 +480,12 @@ def dump(stream_file, as_json, key_files):
         echo(fmt(raw, rec))
 
     with _open_input(stream_file) as stream:
-        try:
-            do_receive(stream, NullSink(), keyring=_load_keyring(key_files), require_key=False, on_record=show)
-        except BrokenPipeError:
-            # the reader of the dump stopped early (| head): not an error of the stream
-            os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
+        do_receive(stream, NullSink(), keyring=_load_keyring(key_files), require_key=False, on_record=show)
 
 
 @main.command()
-@click.argument("stream_file", required=False, default="-", type=click.Path(allow_dash=True))
-@click.option("--key-file", "key_files", multiple=True, type=click.Path(exists=True, dir_okay=False),
+@click.argument("stream_file", required=False, default="-", type=click.Path(allow_dash=True, readable=False))
+@click.option("--key-file", "key_files", multiple=True, type=click.Path(readable=False),
               help="Authenticate an encrypted stream with this key.")
 @click.option("--stream", "stream_id", default=None,
               help="When given a store: check only this stream (a unique prefix of its id).")
@@ -491,11 +538,11 @@ def keygen(output):
 
 
 @main.command()
-@click.option("--from", "old_key", required=True, type=click.Path(exists=True, dir_okay=False),
+@click.option("--from", "old_key", required=True, type=click.Path(readable=False),
               help="Key file the stream is sealed with now.")
-@click.option("--to", "new_key", required=True, type=click.Path(exists=True, dir_okay=False),
+@click.option("--to", "new_key", required=True, type=click.Path(readable=False),
               help="Key file to seal it with.")
-@click.option("-i", "--input", "input_path", type=click.Path(dir_okay=False, allow_dash=True),
+@click.option("-i", "--input", "input_path", type=click.Path(dir_okay=False, allow_dash=True, readable=False),
               help="Read the stream from FILE instead of stdin.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False),
               help="Write the new stream to FILE (replaced only on success) instead of stdout.")

@@ -221,8 +221,7 @@ def test_a_receive_that_stops_reading_ends_send_with_a_broken_pipe(tmp_path, sou
     r_err = receiver.communicate(timeout=60)[1].decode()
     s_err = sender.communicate(timeout=60)[1].decode()
     assert receiver.returncode == 3 and "exists and is not an empty directory" in r_err, r_err
-    assert sender.returncode == 3, s_err
-    assert "the reading side of the pipe closed (broken pipe)" in s_err and "Traceback" not in s_err, s_err
+    assert sender.returncode == 141 and s_err == "", s_err  # closed stdout: silent, as if killed by SIGPIPE
     assert os.listdir(dest) == ["occupied"]
 
 
@@ -265,6 +264,6 @@ def test_a_killed_receive_ends_send_with_a_broken_pipe(tmp_path, source):
     finally:
         if not sender.stdout.closed:
             sender.stdout.close()
-    assert sender.returncode == 3 and "broken pipe" in s_err and "Traceback" not in s_err, s_err
+    assert sender.returncode == 141 and s_err == "", s_err
     assert not dest.exists()
     assert len(_stale(tmp_path)) == 1  # what SIGKILL leaves: the next receive removes it

@@ -7,7 +7,7 @@ from typing import Callable
 
 from crc32c import crc32c
 
-from rawsend.errors import OutputError
+from rawsend.errors import OutputClosed, OutputError
 from rawsend.fsutil import write_all
 from rawsend.stream.records import (
     CRC_COVERED, MAGIC, MAX_BODY_LEN, MAX_PAYLOAD_LEN, PREAMBLE, RECORD_HEADER, VERSION,
@@ -24,8 +24,7 @@ def fd_writer(fd: int) -> Callable[[bytes], None]:
         try:
             write_all(fd, data)
         except BrokenPipeError:
-            raise OutputError("the reading side of the pipe closed (broken pipe)",
-                              hint="check the receiving command's error") from None
+            raise OutputClosed(hint="check the receiving command's error") from None
         except OSError as e:
             raise OutputError(f"writing the stream failed: {e.strerror}") from None
 
