@@ -269,16 +269,11 @@ class Interrupted(KeyboardInterrupt):
 
 # -- send finished, with warnings: exit 5 ----------------------------------------------------
 
-class SendWarning:
+class SourceRemark:
     """{detail}"""
 
-    # Not an exception: send goes on and the stream stays valid, but it lacks or mixes part of
-    # the tree.  The CLI prints each one, then exits with this code.
-    exit_code = 5
-    summary = ("`send` finished with warnings: the stream is valid, but some of the tree vanished, changed"
-               " while it was read or could not be read (each one is named on stderr)")
-    __slots__ = ("path", "detail")
-
+    # What send says about one path of its tree.  Not an exception: send goes on and the stream
+    # stays valid.  The docstring is the template, as for errors; the CLI prints str() of each.
     def __init__(self, path: str, detail: str = ""):
         self.path = path
         self.detail = detail
@@ -288,6 +283,15 @@ class SendWarning:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.path!r}, {self.detail!r})"
+
+
+class SendWarning(SourceRemark):
+    """{detail}"""
+
+    # the stream lacks or mixes part of the tree: send finishes, then exits with this code
+    exit_code = 5
+    summary = ("`send` finished with warnings: the stream is valid, but some of the tree vanished, changed"
+               " while it was read or could not be read (each one is named on stderr)")
 
 
 class Vanished(SendWarning):
@@ -306,14 +310,10 @@ class Unreadable(SendWarning):
     """cannot {detail}; it is not in the stream, or only in part"""
 
 
-class SendNotice:
+class SendNotice(SourceRemark):
     """{detail}"""
 
-    # Worth saying, not a failure: send still exits 0 (as tar for a socket).
-    __slots__ = ("path", "detail")
-    __init__ = SendWarning.__init__
-    __str__ = SendWarning.__str__
-    __repr__ = SendWarning.__repr__
+    exit_code = 0  # worth saying, not a failure (as tar says of a socket)
 
 
 class SkippedSocket(SendNotice):

@@ -359,4 +359,5 @@ def test_the_source_reports_typed_warnings(tmp_path):
     assert str(report.warnings[0]) == f"{src}/f: file removed before we read it; it is not in the stream"
     assert [type(n) for n in report.notices] == [SkippedSocket] and report.notices[0].path == f"{src}/s"
     assert all(isinstance(w, SendWarning) for w in report.warnings)
-    assert ChangedWhileRead.exit_code == Unreadable.exit_code == errors.SendWarning.exit_code
+    assert ChangedWhileRead.exit_code == Unreadable.exit_code == errors.SendWarning.exit_code == 5
+    assert SkippedSocket.exit_code == 0  # a notice: send still succeeds
