@@ -97,10 +97,14 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 def _stop(signum, frame) -> None:
     # A second signal while cleaning up ends the process at once, as the default action would;
     # what it leaves is pid-tagged and removed by the next receive.
+    _release_stop_signals()
+    raise Interrupted(signum)
+
+
+def _release_stop_signals() -> None:
     for sig in STOP_SIGNALS:
         if signal.getsignal(sig) is _stop:
             signal.signal(sig, signal.SIG_DFL)
-    raise Interrupted(signum)
 
 
 def _catch_stop_signals() -> None:
@@ -150,9 +154,7 @@ class RawsendGroup(click.Group):
                 raise
             _exit_with(InternalError(f"{type(e).__name__}: {e}"))
         finally:
-            for sig in STOP_SIGNALS:  # past the command, a signal has nothing left to clean up
-                if signal.getsignal(sig) is _stop:
-                    signal.signal(sig, signal.SIG_DFL)
+            _release_stop_signals()  # past the command, a signal has nothing left to clean up
 
 
 @click.group(cls=RawsendGroup, context_settings={"help_option_names": ["-h", "--help"]})

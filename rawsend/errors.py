@@ -155,6 +155,8 @@ class StoreDamaged(DamagedInput):
 class UsageError(RawsendError):
     """usage error: {detail}"""
 
+    # The CLI's own argument errors are click's UsageError, which click prints with the usage
+    # and exits 2 with; this class gives the code its place in the tree and the README's table.
     exit_code = 2
     summary = "usage error: an unknown option, a missing or conflicting argument, a terminal where a stream goes"
     hint = "'rawsend COMMAND --help' shows the usage"
