@@ -466,7 +466,8 @@ def ls(store, as_json):
 # -- dump / verify ------------------------------------------------------------------------------
 
 @main.command()
-@click.argument("stream_file", required=False, default="-", type=click.Path(dir_okay=False, allow_dash=True, readable=False))
+@click.argument("stream_file", required=False, default="-",
+                type=click.Path(dir_okay=False, allow_dash=True, readable=False))
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 @click.option("--key-file", "key_files", multiple=True, type=click.Path(readable=False),
               help="Key to show the names inside an encrypted stream.")

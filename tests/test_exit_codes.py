@@ -161,8 +161,8 @@ def test_keygen_onto_an_existing_file_is_a_local_problem(tmp_path):
     ["send", "--encrypt", "{missing}", "-o", "{dest}", "{tree}"],
 ])
 def test_exit_4_a_missing_key_file(tmp_path, tree, key, argv):
-    names = dict(missing=str(tmp_path / "no.key"), stream=str(ENCRYPTED / "good_aes256gcm.rs"), dest=str(tmp_path / "d"),
-                 key=str(key), tree=str(tree))
+    names = dict(missing=str(tmp_path / "no.key"), stream=str(ENCRYPTED / "good_aes256gcm.rs"),
+                 dest=str(tmp_path / "d"), key=str(key), tree=str(tree))
     proc = run_rawsend(*(a.format(**names) for a in argv))
     assert proc.returncode == 4, proc.stderr
     assert proc.stderr.decode() == (f"rawsend: bad key file: cannot open it: No such file or directory"
@@ -242,7 +242,8 @@ def store(tmp_path) -> Path:
                                   ["send", "{tree}"], ["send", "{store}"], ["keygen"],
                                   ["rekey", "--from", "{key}", "--to", "{key}", "-i", "{encrypted}"]])
 def test_a_closed_stdout_is_silent_and_exits_141(store, tree, key, argv):
-    names = dict(store=str(store), stream=str(VECTORS / "good_plain.rs"), tree=str(tree), key=str(key), encrypted=str(ENCRYPTED / "good_aes256gcm.rs"))
+    names = dict(store=str(store), stream=str(VECTORS / "good_plain.rs"), tree=str(tree), key=str(key),
+                 encrypted=str(ENCRYPTED / "good_aes256gcm.rs"))
     proc = _closed_stdout_run(*(a.format(**names) for a in argv))
     err = proc.stderr.decode()
     assert proc.returncode == 128 + signal.SIGPIPE, err
