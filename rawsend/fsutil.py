@@ -6,6 +6,8 @@ import ctypes
 import functools
 import os
 
+PID_MAX_LIMIT = 1 << 22  # the kernel's ceiling for pid_max (include/linux/threads.h)
+
 
 def left_by_dead_process(tag: str) -> bool:
     """Whether a temporary name's tag, "<pid>" or "<pid>-<anything>", names a process that is gone.
@@ -14,8 +16,8 @@ def left_by_dead_process(tag: str) -> bool:
     those whose writer died, and only those.
     """
     pid = tag.split("-", 1)[0]
-    if not pid.isdigit():
-        return False
+    if not (pid.isascii() and pid.isdigit()) or int(pid) > PID_MAX_LIMIT:
+        return False  # not a pid this host hands out: nothing rawsend made, left alone
     try:
         os.kill(int(pid), 0)
     except ProcessLookupError:
