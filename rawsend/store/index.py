@@ -12,8 +12,12 @@ import json
 from dataclasses import asdict, dataclass, field
 
 from rawsend.errors import StoreDamaged
+from rawsend.stream.records import Cipher, Compression
 
 UNKNOWN = "unknown"  # file count of an encrypted stream: its metadata is sealed
+MAX_INT = 2**63 - 1  # every number in an entry: a count, a size or a time in ns fits a signed 64-bit field
+_COMPRESSIONS = frozenset(Compression.NAMES.values())
+_CIPHERS = frozenset(Cipher.NAMES.values())
 
 _HEX_LENGTHS = {"stream_id": 32, "end_digest": 64, "sha256": 64}
 
@@ -51,28 +55,40 @@ class IndexEntry:
         if missing:
             raise _damaged(f"missing fields {', '.join(sorted(missing))}", path)
         values = {k: obj[k] for k in expected}  # fields of later versions are ignored
-        if not isinstance(values["created_ns"], int) or isinstance(values["created_ns"], bool):
-            raise _damaged("created_ns is not an integer", path)  # a sender's clock may be before 1970
+        # every number within 64 bits: ls formats sizes and times, and 10**400 is valid JSON
+        if not _is_int(values["created_ns"], -MAX_INT - 1):
+            raise _damaged(f"created_ns is not an integer in {-MAX_INT - 1}..{MAX_INT}", path)  # may be before 1970
         for name in ("received_ns", "logical_bytes", "stored_bytes", "records"):
-            if not _is_count(values[name]):
-                raise _damaged(f"{name} is not a non-negative integer", path)
-        if not (_is_count(values["files"]) or values["files"] == UNKNOWN):
-            raise _damaged(f"files is neither a count nor {UNKNOWN!r}", path)
+            if not _is_int(values[name]):
+                raise _damaged(f"{name} is not an integer in 0..{MAX_INT}", path)
+        if not (_is_int(values["files"]) or values["files"] == UNKNOWN):
+            raise _damaged(f"files is neither a count in 0..{MAX_INT} nor {UNKNOWN!r}", path)
         mix = values["compression"]
-        if not isinstance(mix, dict) or not all(isinstance(k, str) and _is_count(v) for k, v in mix.items()):
-            raise _damaged("compression is not a map of names to counts", path)
-        if not isinstance(values["encrypted"], bool) or not isinstance(values["cipher"], str):
-            raise _damaged("encrypted or cipher has the wrong type", path)
+        if not isinstance(mix, dict) or not all(k in _COMPRESSIONS and _is_int(v) for k, v in mix.items()):
+            raise _damaged(f"compression is not a map of compression names ({', '.join(sorted(_COMPRESSIONS))})"
+                           f" to counts in 0..{MAX_INT}", path)
+        if not isinstance(values["cipher"], str) or values["cipher"] not in _CIPHERS:
+            raise _damaged(f"cipher is not one of {', '.join(sorted(_CIPHERS))}", path)
+        if values["encrypted"] is not (values["cipher"] != "none"):  # also refuses a non-boolean
+            raise _damaged("encrypted does not agree with cipher", path)
         for name, length in _HEX_LENGTHS.items():
             if not _is_hex(values[name], length):
                 raise _damaged(f"{name} is not {length} lowercase hex digits", path)
-        if values["key_id"] is not None and not _is_hex(values["key_id"], 32):
-            raise _damaged("key_id is neither null nor 32 lowercase hex digits", path)
+        if values["encrypted"]:
+            if not _is_hex(values["key_id"], 32):
+                raise _damaged("key_id of an encrypted stream is not 32 lowercase hex digits", path)
+            if values["files"] != UNKNOWN:
+                raise _damaged(f"files of an encrypted stream is not {UNKNOWN!r} (its metadata is sealed)", path)
+        else:
+            if values["key_id"] is not None:
+                raise _damaged("key_id of a stream that is not encrypted is not null", path)
+            if values["files"] == UNKNOWN:
+                raise _damaged("files of a stream that is not encrypted is not a count", path)
         return cls(**values)
 
 
-def _is_count(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+def _is_int(v, low: int = 0) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and low <= v <= MAX_INT
 
 
 def _is_hex(v, length: int) -> bool:
