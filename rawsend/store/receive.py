@@ -123,39 +123,36 @@ class _StreamFile:
 def receive_into_store(stream: BinaryIO, store_path: str | os.PathLike, *, limits: Limits | None = None,
                        progress: Callable[[int], None] | None = None) -> StoreReceipt:
     """Read one stream from ``stream``, check it, and add it verbatim to the store (created if missing)."""
-    store = Store.create(store_path)
-    store.clean_stale_temps()
-    temp, fd = store.new_temp(STREAM_SUFFIX)
-    try:
-        out = _StreamFile(fd, temp)
-        seen: dict[int, object] = {}  # the HEADER and END records, for the index entry
-
-        def keep(raw: RawRecord, rec) -> None:
-            if raw.index == 0:
-                out.write(PREAMBLE.pack(MAGIC, VERSION))  # the reader accepts exactly these bytes
-            if raw.type in (RecordType.HEADER, RecordType.END):
-                seen[raw.type] = rec
-            out.write(raw.header)
-            out.write(raw.body)
-            out.write(raw.payload)
-            if progress:
-                progress(raw.size)
-
+    with Store.create(store_path) as store:
+        store.clean_stale_temps()
+        temp, fd = store.new_temp(STREAM_SUFFIX)
         try:
-            stats = receive(stream, _PayloadsAsTheyCame(), limits=limits, require_key=False, on_record=keep)
-            out.sync()
-        finally:
-            out.close()
-            os.close(fd)
-        entry = _index_entry(seen[RecordType.HEADER], seen[RecordType.END], stats, out.size,
-                             out.sha256.hexdigest(), time.time_ns())
-        stored = store.commit(temp, entry)
-    except BaseException:
-        try:
-            os.unlink(temp)
-        except FileNotFoundError:
-            pass
-        raise
-    if not stored:
-        entry = store.read_entry(entry.stream_id) or entry  # the copy that was there first
-    return StoreReceipt(entry, stored, store.root)
+            out = _StreamFile(fd, temp)
+            seen: dict[int, object] = {}  # the HEADER and END records, for the index entry
+
+            def keep(raw: RawRecord, rec) -> None:
+                if raw.index == 0:
+                    out.write(PREAMBLE.pack(MAGIC, VERSION))  # the reader accepts exactly these bytes
+                if raw.type in (RecordType.HEADER, RecordType.END):
+                    seen[raw.type] = rec
+                out.write(raw.header)
+                out.write(raw.body)
+                out.write(raw.payload)
+                if progress:
+                    progress(raw.size)
+
+            try:
+                stats = receive(stream, _PayloadsAsTheyCame(), limits=limits, require_key=False, on_record=keep)
+                out.sync()
+            finally:
+                out.close()
+                os.close(fd)
+            entry = _index_entry(seen[RecordType.HEADER], seen[RecordType.END], stats, out.size,
+                                 out.sha256.hexdigest(), time.time_ns())
+            stored = store.commit(temp, entry)
+        except BaseException:
+            store.remove_temp(temp)
+            raise
+        if not stored:
+            entry = store.read_entry(entry.stream_id) or entry  # the copy that was there first
+        return StoreReceipt(entry, stored, store.root)

@@ -18,17 +18,11 @@ from rawsend.errors import (
     ChecksumMismatch, DigestMismatch, KeyProblem, MalformedRecord, RawsendError, StoreError, StreamError,
 )
 from rawsend.store.index import IndexEntry
-from rawsend.store.layout import Store
+from rawsend.store.layout import Store, damaged_hint
 from rawsend.stream.reader import StreamReader
 from rawsend.stream.records import PREAMBLE, End, Header, RecordType
 
 FLUSH_AT = 1 << 20  # bytes gathered before one write to the output
-READ_BUFFER = 1 << 20
-
-
-def damaged_hint(stream_id: str) -> str:
-    return (f"the stored copy is damaged; delete index/{stream_id}.json, then streams/{stream_id}.rs,"
-            " and receive the stream again from its source")
 
 
 class StoredStream:
@@ -39,11 +33,7 @@ class StoredStream:
         self.path = store.stream_path(entry.stream_id)
         self.size = 0
         self._sha256 = hashlib.sha256()
-        try:
-            self._file = open(self.path, "rb", buffering=READ_BUFFER)
-        except OSError as e:
-            raise StoreError(f"stored stream {entry.stream_id}: cannot open its file: {e.strerror}",
-                             path=str(self.path), hint=damaged_hint(entry.stream_id)) from None
+        self._file = store.open_stream(entry.stream_id)
 
     def read(self, n: int = -1) -> bytes:
         try:
@@ -97,9 +87,9 @@ class StoredStream:
 def send_from_store(store_path: str | os.PathLike, stream_id: str | None,
                     write: Callable[[bytes], None]) -> IndexEntry:
     """Write the stored stream ``stream_id`` (a unique prefix; None: the newest) to ``write``."""
-    store = Store.open(store_path)
-    entry = store.find(stream_id)
-    stored = StoredStream(store, entry)
+    with Store.open(store_path) as store:
+        entry = store.find(stream_id)
+        stored = StoredStream(store, entry)
     buf = bytearray()
     try:
         reader = StreamReader(stored)

@@ -35,16 +35,16 @@ class StreamVerdict:
 def verify_store(store_path: str | os.PathLike, stream_id: str | None = None,
                  keyring=None) -> Iterator[StreamVerdict]:
     """One verdict per stored stream (or only for the stream whose id starts with ``stream_id``)."""
-    store = Store.open(store_path)
-    if stream_id is not None:
-        yield verify_stream(store, store.find(stream_id), keyring)
-        return
-    damaged: list[StoreError] = []
-    entries = store.entries(damaged)
-    for error in damaged:
-        yield StreamVerdict(None, error=error)
-    for entry in entries:
-        yield verify_stream(store, entry, keyring)
+    with Store.open(store_path) as store:
+        if stream_id is not None:
+            yield verify_stream(store, store.find(stream_id), keyring)
+            return
+        damaged: list[StoreError] = []
+        entries = store.entries(damaged)
+        for error in damaged:
+            yield StreamVerdict(None, error=error)
+        for entry in entries:
+            yield verify_stream(store, entry, keyring)
 
 
 def verify_stream(store: Store, entry: IndexEntry, keyring=None) -> StreamVerdict:
