@@ -11,16 +11,24 @@ import io
 import json
 import os
 import subprocess
+import tracemalloc
+import zlib
 from pathlib import Path
 
+import lz4.block
 import pytest
+import zstandard
 
+from rawsend.codecs import lzo
+from rawsend.codecs.crypto import Sealer
+from rawsend.codecs.keys import new_key
+from rawsend.errors import DecodeError
 from rawsend.pipeline import send
-from rawsend.sources.tree import DataChunk
-from rawsend.store import receive_into_store
-from rawsend.stream.records import Compression
+from rawsend.sources.tree import DataChunk, EncodedChunk
+from rawsend.store import payloads, receive_into_store
+from rawsend.stream.records import MAX_EXTENT_LEN, MAX_PAYLOAD_LEN, Cipher, Compression, Extent, RecordType
 from tests.conftest import run_rawsend
-from tests.hostile import ROOT, listing, mkfile
+from tests.hostile import ROOT, HostileWriter, listing, mkfile, tree_stream, verify_bytes
 
 TIMEOUT = 60  # seconds; a receive, ls, verify or send that blocks fails instead of hanging the suite
 
@@ -290,3 +298,219 @@ def test_a_layout_directory_moved_aside_is_made_again_by_the_next_receive(box):
     assert proc.returncode == 0, proc.stderr
     assert (store / "tmp").is_dir() and (store / "lock").is_file()
     assert rawsend("verify", str(store)).returncode == 0
+
+
+# -- payloads are decode-checked on the way in ----------------------------------------------------
+
+BOMB = 64 << 20  # what a bomb inflates to
+
+
+def _zstd(raw: bytes) -> bytes:
+    """A frame as btrfs decodes them (128 KiB window), without its content size: only decoding finds it."""
+    params = zstandard.ZstdCompressionParameters.from_level(3, window_log=17, write_content_size=False)
+    return zstandard.ZstdCompressor(compression_params=params).compress(raw)
+
+
+def _zstd_bomb() -> bytes:
+    params = zstandard.ZstdCompressionParameters.from_level(19, window_log=17, write_content_size=False)
+    cobj = zstandard.ZstdCompressor(compression_params=params).compressobj()
+    return b"".join(cobj.compress(bytes(1 << 20)) for _ in range(BOMB >> 20)) + cobj.flush()
+
+
+def _zlib_bomb() -> bytes:
+    cobj = zlib.compressobj(9)
+    return b"".join(cobj.compress(bytes(1 << 20)) for _ in range(BOMB >> 20)) + cobj.flush()
+
+
+def _zstd_frame(window_log: int | None = None, content_size: int | None = None, body: bytes = b"x" * 100) -> bytes:
+    """A hand-made zstd frame holding one raw block; its header may claim anything."""
+    if content_size is not None:  # single segment: the window is the content size
+        header = bytes([0xE0]) + content_size.to_bytes(8, "little")
+    else:
+        header = bytes([0x00, (window_log - 10) << 3])
+    return b"\x28\xb5\x2f\xfd" + header + ((len(body) << 3) | 1).to_bytes(3, "little") + body
+
+
+def _reserved_zstd_block(frame: bytes) -> bytes:
+    """The first block's type set to 3, which RFC 8878 reserves: a frame no decoder can take."""
+    out = bytearray(frame)
+    out[zstandard.frame_header_size(frame)] |= 0b110
+    return bytes(out)
+
+
+def _reserved_deflate_block(stream: bytes) -> bytes:
+    """The first deflate block's BTYPE set to 3, which RFC 1951 reserves."""
+    out = bytearray(stream)
+    out[2] |= 0b110
+    return bytes(out)
+
+
+def _raw_deflate(raw: bytes) -> bytes:
+    cobj = zlib.compressobj(6, zlib.DEFLATED, -15)  # deflate without the zlib header and checksum
+    return cobj.compress(raw) + cobj.flush()
+
+
+TEXT = b"".join(b"%06d the quick brown fox jumps over the lazy dog\n" % i for i in range(4000))
+
+# (codec, payload for an extent of n bytes, words of the DecodeError)
+BAD_PAYLOADS = {
+    "zstd-bomb": (Compression.ZSTD, lambda n: _zstd_bomb(), "payload decodes to more than unencoded_len"),
+    "zlib-bomb": (Compression.ZLIB, lambda n: _zlib_bomb(), "payload decodes to more than unencoded_len"),
+    "lz4-bomb": (Compression.LZ4, lambda n: lz4.block.compress(bytes(16 << 20), store_size=False), "lz4"),
+    "zstd-declares-2^62": (Compression.ZSTD, lambda n: _zstd_frame(content_size=1 << 62), "zstd frame declares"),
+    "zstd-declares-n+1": (Compression.ZSTD, lambda n: _zstd_frame(content_size=n + 1), "zstd frame declares"),
+    "zstd-window-2^27": (Compression.ZSTD, lambda n: _zstd_frame(window_log=27), "zstd"),
+    "zstd-window-2^31": (Compression.ZSTD, lambda n: _zstd_frame(window_log=31), "zstd"),
+    "zstd-long-by-one": (Compression.ZSTD, lambda n: _zstd(TEXT[:n + 1]), "payload decodes to more than"),
+    "zlib-long-by-one": (Compression.ZLIB, lambda n: zlib.compress(TEXT[:n + 1]), "payload decodes to more than"),
+    "lz4-long-by-one": (Compression.LZ4, lambda n: lz4.block.compress(TEXT[:n + 1], store_size=False), "lz4"),
+    "zstd-corrupt": (Compression.ZSTD, lambda n: _reserved_zstd_block(_zstd(TEXT[:n])), "zstd"),
+    "zstd-cut-short": (Compression.ZSTD, lambda n: _zstd(TEXT[:n])[:-9], "zstd frame is cut short"),
+    "zstd-data-after": (Compression.ZSTD, lambda n: _zstd(TEXT[:n // 2]) + b"\x01", "data after the end of the zstd"),
+    "zlib-corrupt": (Compression.ZLIB, lambda n: _reserved_deflate_block(zlib.compress(TEXT[:n])),
+                     "zlib: Error -3 while decompressing data: invalid block type"),
+    "zlib-bad-header": (Compression.ZLIB, lambda n: b"\x78\x00" + zlib.compress(TEXT[:n])[2:],
+                        "incorrect header check"),
+    "zlib-bad-checksum": (Compression.ZLIB, lambda n: zlib.compress(TEXT[:n])[:-4] + b"\xde\xad\xbe\xef",
+                          "incorrect data check"),
+    "zlib-cut-short": (Compression.ZLIB, lambda n: zlib.compress(TEXT[:n])[:-9], "zlib stream is incomplete"),
+    "raw-deflate": (Compression.ZLIB, lambda n: _raw_deflate(TEXT[:n]), "zlib"),
+    "lz4-corrupt": (Compression.LZ4, lambda n: b"\xf0" + lz4.block.compress(TEXT[:n], store_size=False)[1:], "lz4"),
+}
+
+
+def payload_stream(codec: int, payload: bytes, n: int):
+    """ROOT, a file of n bytes and one extent with ``payload``; the Written of that extent."""
+    return tree_stream(mkfile(2, 1, b"f", n), (Extent(2, 0, n, n, 0, len(payload), codec), payload))
+
+
+def store_state(store: Path) -> dict:
+    """Every name in the store with the bytes of every file (directories' times left out)."""
+    out = {}
+    for p in sorted(store.rglob("*")):
+        out[str(p.relative_to(store))] = p.read_bytes() if p.is_file() else None
+    return out
+
+
+@pytest.mark.parametrize("n", [4096, MAX_EXTENT_LEN], ids=["4KiB", "128KiB"])
+@pytest.mark.parametrize("case", list(BAD_PAYLOADS))
+def test_a_payload_that_does_not_decode_is_not_stored(box, case, n):
+    store, _ = box
+    codec, make, words = BAD_PAYLOADS[case]
+    payload = make(n)
+    assert 0 < len(payload) <= MAX_PAYLOAD_LEN
+    data, at = payload_stream(codec, payload, n)
+    with pytest.raises(DecodeError) as expected:  # what verify says of this stream
+        verify_bytes(data)
+    assert words in str(expected.value) and (expected.value.record, expected.value.offset) == (at[-1].index, at[-1].offset)
+    before = store_state(store)
+    proc = rawsend("receive", "--store", str(store), input=data)
+    refused(proc, str(expected.value))  # the same error, naming the same record and byte offset
+    assert store_state(store) == before  # no entry, no stream file, no temporary left
+
+
+@pytest.mark.parametrize("codec", [Compression.ZSTD, Compression.ZLIB, Compression.LZ4])
+def test_a_payload_short_by_one_is_stored_as_verify_accepts_it(box, codec):
+    store, _ = box
+    n = MAX_EXTENT_LEN
+    raw = TEXT[:n - 1]
+    payload = {Compression.ZSTD: _zstd(raw), Compression.ZLIB: zlib.compress(raw),
+               Compression.LZ4: lz4.block.compress(raw, store_size=False)}[codec]
+    data, _ = payload_stream(codec, payload, n)
+    verify_bytes(data)  # btrfs zero-fills a short extent: every receiver accepts it
+    proc = rawsend("receive", "--store", str(store), input=data)
+    assert proc.returncode == 0, proc.stderr
+    assert rawsend("verify", str(store)).returncode == 0
+
+
+def test_the_first_bad_payload_is_reported_even_when_a_later_record_fails_first(box):
+    store, _ = box
+    w = HostileWriter()
+    w.record(ROOT)
+    w.record(mkfile(2, 1, b"f", 2 * MAX_EXTENT_LEN))
+    good = _zstd(TEXT[:MAX_EXTENT_LEN])
+    w.extent(Extent(2, 0, MAX_EXTENT_LEN, MAX_EXTENT_LEN, 0, len(good), Compression.ZSTD), good)
+    bad = _reserved_zstd_block(good)
+    at = w.extent(Extent(2, MAX_EXTENT_LEN, MAX_EXTENT_LEN, MAX_EXTENT_LEN, 0, len(bad), Compression.ZSTD), bad)
+    w.raw(RecordType.MKFILE, mkfile(3, 1, b"g").pack(), crc=0)  # the next record's CRC is wrong
+    data = w.stream()
+    with pytest.raises(DecodeError) as expected:
+        verify_bytes(data)
+    assert (expected.value.record, expected.value.offset) == (at.index, at.offset)
+    proc = rawsend("receive", "--store", str(store), input=data)
+    refused(proc, str(expected.value))
+
+
+def test_a_bomb_is_refused_with_bounded_memory(tmp_path):
+    payload = _zstd_bomb()
+    data, at = payload_stream(Compression.ZSTD, payload, MAX_EXTENT_LEN)
+    tracemalloc.start()
+    try:
+        with pytest.raises(DecodeError) as info:
+            receive_into_store(io.BytesIO(data), tmp_path / "store")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert (info.value.record, info.value.offset) == (at[-1].index, at[-1].offset)
+    assert peak < 4 << 20, f"peak {peak} bytes while refusing a {BOMB}-byte bomb"
+    assert os.listdir(tmp_path / "store" / "index") == [] and os.listdir(tmp_path / "store" / "tmp") == []
+
+
+def test_encrypted_payloads_are_stored_without_a_decode_check(tmp_path):
+    # the sealed bytes of a corrupt zstd frame: only the key holder can find the fault
+    bad = _reserved_zstd_block(_zstd(TEXT[:MAX_EXTENT_LEN]))
+    extent = Extent(2, 0, MAX_EXTENT_LEN, MAX_EXTENT_LEN, 0, len(bad), Compression.ZSTD)
+    out = bytearray()
+    send([ROOT, mkfile(2, 1, b"f", MAX_EXTENT_LEN), EncodedChunk(extent, bad)], out.extend,
+         threads=1, sealer=Sealer(new_key(), Cipher.AES_256_GCM))
+    data = bytes(out)
+    store = tmp_path / "store"
+    proc = rawsend("receive", "--store", str(store), input=data)
+    assert proc.returncode == 0, proc.stderr
+    assert rawsend("verify", str(store)).returncode == 0  # intact: nothing more is known without the key
+
+
+def _lzo_stream(payload: bytes):
+    return tree_stream(mkfile(2, 1, b"f", 4096), (Extent(2, 0, 4096, 4096, 0, len(payload), Compression.LZO_4K),
+                                                  payload))
+
+
+@pytest.mark.skipif(not lzo.AVAILABLE, reason="needs the optional python-lzo (rawsend[lzo])")
+def test_a_btrfs_lzo_payload_that_does_not_decode_is_not_stored(box):
+    store, _ = box
+    data, at = _lzo_stream(b"\xff" * 64)
+    with pytest.raises(DecodeError) as expected:
+        verify_bytes(data)
+    assert (expected.value.record, expected.value.offset) == (at[-1].index, at[-1].offset)
+    before = store_state(store)
+    refused(rawsend("receive", "--store", str(store), input=data), str(expected.value))
+    assert store_state(store) == before
+
+
+def test_without_an_lzo_decoder_lzo_payloads_are_stored_and_counted_unchecked(tmp_path, monkeypatch):
+    monkeypatch.setattr(lzo, "AVAILABLE", False)
+    data, _ = _lzo_stream(b"\xff" * 64)  # a store on a host without python-lzo cannot tell
+    receipt = receive_into_store(io.BytesIO(data), tmp_path / "store")
+    assert receipt.stored and receipt.unchecked_extents == 1
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_each_bad_payload_among_good_ones_is_found_with_or_without_threads(tmp_path, monkeypatch, threads):
+    monkeypatch.setattr(payloads, "THREADS", threads)
+    good = _zstd(TEXT[:MAX_EXTENT_LEN])
+    bad = _reserved_zstd_block(good)
+    count = 40  # more than a batch: some are decoded on threads while the rest is read
+    for bad_at in (0, count // 2, count - 1):
+        w = HostileWriter()
+        w.record(ROOT)
+        w.record(mkfile(2, 1, b"f", count * MAX_EXTENT_LEN))
+        at = []
+        for i in range(count):
+            payload = bad if i == bad_at else good
+            extent = Extent(2, i * MAX_EXTENT_LEN, MAX_EXTENT_LEN, MAX_EXTENT_LEN, 0, len(payload), Compression.ZSTD)
+            at.append(w.extent(extent, payload))
+        store = tmp_path / f"store-{bad_at}"
+        with pytest.raises(DecodeError) as info:
+            receive_into_store(io.BytesIO(w.stream()), store)
+        assert (info.value.record, info.value.offset) == (at[bad_at].index, at[bad_at].offset)
+        assert os.listdir(store / "index") == [] and os.listdir(store / "tmp") == []

@@ -1,11 +1,14 @@
 """Receiving into a store: check every record as it arrives, keep the bytes exactly as they came.
 
-No payload is decoded, decrypted or changed.  pipeline.receive (without a
-key) makes every check a reader makes: framing, every CRC, the caps, END and
-that nothing follows it, the sealing rules, and for streams that are not
-encrypted the structural checks of StreamChecker on their metadata.  The stream file is written into STORE/tmp and becomes part of the
-store only after all of that passed and its bytes were fsynced
-(Store.commit); on any error, or if the process dies, the store is as it was.
+No payload byte is changed and none is decrypted.  pipeline.receive
+(without a key) makes every check a reader makes: framing, every CRC, the
+caps, END and that nothing follows it, the sealing rules, and for streams
+that are not encrypted the structural checks of StreamChecker on their
+metadata; every payload that is not encrypted is decoded as a check and the
+output dropped (payloads.py).  The stream file is written into STORE/tmp and
+becomes part of the store only after all of that passed and its bytes were
+fsynced (Store.commit); on any error, or if the process dies, the store is as
+it was.
 """
 
 from __future__ import annotations
@@ -20,10 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from rawsend.errors import RawsendError
 from rawsend.fsutil import write_all
 from rawsend.pipeline import NullSink, ReceiveStats, receive
 from rawsend.store.index import UNKNOWN, IndexEntry
 from rawsend.store.layout import STREAM_SUFFIX, Store, os_error
+from rawsend.store.payloads import PayloadCheck
 from rawsend.stream.checker import Limits
 from rawsend.stream.reader import RawRecord
 from rawsend.stream.records import MAGIC, PREAMBLE, VERSION, Cipher, End, Header, RecordType
@@ -36,10 +41,11 @@ class StoreReceipt:
     entry: IndexEntry
     stored: bool  # False: the identical stream was already in the store, nothing was added
     store: Path
+    unchecked_extents: int = 0  # LZO extents stored without a decode check: no LZO decoder here
 
 
 class _PayloadsAsTheyCame(NullSink):
-    """receive() checks every record; a store keeps the raw bytes (on_record) and decodes nothing."""
+    """receive() checks every record; the store keeps the raw bytes and checks the payloads (on_record)."""
 
     def wants_encoded(self, rec) -> bool:
         return True
@@ -126,6 +132,7 @@ def receive_into_store(stream: BinaryIO, store_path: str | os.PathLike, *, limit
     with Store.create(store_path) as store:
         store.clean_stale_temps()
         temp, fd = store.new_temp(STREAM_SUFFIX)
+        payloads = PayloadCheck()
         try:
             out = _StreamFile(fd, temp)
             seen: dict[int, object] = {}  # the HEADER and END records, for the index entry
@@ -135,6 +142,8 @@ def receive_into_store(stream: BinaryIO, store_path: str | os.PathLike, *, limit
                     out.write(PREAMBLE.pack(MAGIC, VERSION))  # the reader accepts exactly these bytes
                 if raw.type in (RecordType.HEADER, RecordType.END):
                     seen[raw.type] = rec
+                elif raw.type == RecordType.EXTENT and rec is not None:
+                    payloads.add(raw.index, raw.offset, rec, raw.payload)
                 out.write(raw.header)
                 out.write(raw.body)
                 out.write(raw.payload)
@@ -142,9 +151,18 @@ def receive_into_store(stream: BinaryIO, store_path: str | os.PathLike, *, limit
                     progress(raw.size)
 
             try:
-                stats = receive(stream, _PayloadsAsTheyCame(), limits=limits, require_key=False, on_record=keep)
+                try:
+                    stats = receive(stream, _PayloadsAsTheyCame(), limits=limits, require_key=False,
+                                    on_record=keep)
+                    payloads.finish()
+                except RawsendError as e:
+                    first = payloads.earlier_failure(e)
+                    if first is e:
+                        raise
+                    raise first from None
                 out.sync()
             finally:
+                payloads.close()
                 out.close()
                 os.close(fd)
             entry = _index_entry(seen[RecordType.HEADER], seen[RecordType.END], stats, out.size,
@@ -155,4 +173,4 @@ def receive_into_store(stream: BinaryIO, store_path: str | os.PathLike, *, limit
             raise
         if not stored:
             entry = store.read_entry(entry.stream_id) or entry  # the copy that was there first
-        return StoreReceipt(entry, stored, store.root)
+        return StoreReceipt(entry, stored, store.root, payloads.unchecked)
