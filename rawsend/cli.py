@@ -414,7 +414,9 @@ def _receive_store(store, input_path, limits, progress) -> None:
         return
     _err(f"stored stream {e.stream_id} in {receipt.store}: {e.records} records, {_human(e.logical_bytes)} of data "
          f"as {_human(e.stored_bytes)}, {'encrypted, key id ' + e.key_id if e.encrypted else 'not encrypted'}"
-         f" in {time.monotonic() - started:.2f} s")
+         f" in {time.monotonic() - started:.2f} s"
+         + (f"; {receipt.unchecked_extents} LZO extents stored without a decode check (install rawsend[lzo]"
+            " to check them)" if receipt.unchecked_extents else ""))
 
 
 def _verify_store(store, stream_id, key_files) -> None:
