@@ -24,8 +24,8 @@ import hashlib
 import io
 import stat
 import sys
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import lz4
 import zstandard
@@ -158,8 +158,7 @@ def small(*extra_items) -> bytes:
 
 # -- verdicts, written by hand ----------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class Verdict:
+class Verdict(NamedTuple):
     """What a reader must say of a vector, and which rule of stream-format.md it is about."""
 
     rule: str

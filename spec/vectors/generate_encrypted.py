@@ -39,8 +39,8 @@ import hashlib
 import io
 import stat
 import sys
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 
 from rawsend.codecs.crypto import Keyring, Sealer
@@ -145,8 +145,7 @@ def refinish(stream: bytes) -> bytes:
     return stream[:end_start] + frame(RecordType.END, 0, end.pack())
 
 
-@dataclass(frozen=True)
-class Declared:
+class Declared(NamedTuple):
     """The verdicts of one vector, by hand: (error class, record, offset) or ("success",)."""
 
     rule: str
