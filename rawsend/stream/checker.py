@@ -101,7 +101,8 @@ class StreamChecker:
     def _new_name(self, parent_id: int, name: bytes, index: int) -> None:
         key = hashlib.blake2b(parent_id.to_bytes(8, "little") + name, digest_size=16).digest()
         if key in self.names:
-            raise MalformedRecord(f"the name {name!r} appears twice in directory id {parent_id}", record=index,
+            raise MalformedRecord(f"the same name twice in one directory: {name!r} again in directory id"
+                                  f" {parent_id}", record=index,
                                   hint="a name is created once per directory (spec rule 5); the stream is damaged")
         self.names.add(key)
 

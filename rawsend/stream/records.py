@@ -60,11 +60,11 @@ class RecordType:
     # change the tree or its data are never skippable: a reader that skipped
     # one would build a different tree than the sender's.
     NEVER_SKIPPABLE = (range(0, 1),     # 0 is no type: zeroed or damaged bytes
-                       range(10, 32),   # incremental: rename, unlink, rmdir, truncate, ...
-                       range(32, 48))   # data sharing: clone, ...
+                       range(10, 32))   # incremental: rename, unlink, ..., clone
+    # 32..47 (signature, hash of the whole stream) are always skippable
     RESERVED = {10: "rename", 11: "unlink", 12: "rmdir", 13: "truncate", 14: "chmod", 15: "chown",
-                16: "utimes", 17: "remove_xattr", 18: "update_file", 32: "clone",
-                48: "signature", 49: "stream_hash"}
+                16: "utimes", 17: "remove_xattr", 18: "update_file", 19: "clone",
+                32: "signature", 33: "stream_hash"}
 
     @classmethod
     def may_skip(cls, rtype: int) -> bool:

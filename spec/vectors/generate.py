@@ -300,13 +300,13 @@ def damaged(plain: bytes, packed: bytes) -> dict[str, tuple[bytes, Verdict]]:
         small(Create(RecordType.MKNOD, 2, 1, b"x", stat.S_IFIFO | 0o644, 0, 0, T1, T1),
               Create(RecordType.MKFILE, 3, 1, b"x", f | 0o644, 0, 0, T1, T1, 0)),
         "Record order, rule 5: a name once per directory", "MalformedRecord", 3, SMALL_D_F,
-        reason="appears twice in directory id 1")
+        reason="the same name twice in one directory: b'x' again in directory id 1")
     add("name_twice_link",
         small(Create(RecordType.MKFILE, 2, 1, b"a", f | 0o644, 0, 0, T1, T1, 0),
               Create(RecordType.MKFILE, 3, 1, b"b", f | 0o644, 0, 0, T1, T1, 0),
               Link(2, 1, b"b")),
         "Record order, rule 5: a name once per directory", "MalformedRecord", 4, SMALL_EXTENT,
-        reason="appears twice in directory id 1")
+        reason="the same name twice in one directory: b'b' again in directory id 1")
     add("lzo_longer_than_unencoded_len",
         small(Create(RecordType.MKFILE, 2, 1, b"f", f | 0o644, 0, 0, T1, T1, 4096),
               EncodedChunk(Extent(2, 0, 4096, 4096, 0, len(LZO_Z8192), Compression.LZO_4K), LZO_Z8192)),
