@@ -91,6 +91,7 @@ def test_verify_exit_code_matches(name):
         assert proc.returncode == 0 and proc.stdout.startswith(b"OK: ")
     else:
         assert proc.returncode == 1
+        assert proc.stderr.decode().startswith(_message_start(_expect(name)["expect"])), proc.stderr
         assert f"record {_expect(name)['record']}".encode() in proc.stderr or _expect(name)["record"] == "None"
         assert f"byte offset {_expect(name)['offset']}".encode() in proc.stderr
 
