@@ -416,7 +416,9 @@ def _receive_store(store, input_path, limits, progress) -> None:
          f"as {_human(e.stored_bytes)}, {'encrypted, key id ' + e.key_id if e.encrypted else 'not encrypted'}"
          f" in {time.monotonic() - started:.2f} s"
          + (f"; {receipt.unchecked_extents} LZO extents stored without a decode check (install rawsend[lzo]"
-            " to check them)" if receipt.unchecked_extents else ""))
+            " to check them)" if receipt.unchecked_extents else "")
+         + ("; names, links and the tree rules are sealed and were not checked (verify STORE --key-file"
+            " checks them)" if e.encrypted else ""))
 
 
 def _verify_store(store, stream_id, key_files) -> None:
@@ -518,7 +520,8 @@ def verify(stream_file, key_files, stream_id):
 def _verdict(stats, summary: str) -> str:
     """What verify says of one stream: good, and whether that includes authenticity."""
     if stats.encrypted and not stats.authenticated:
-        return f"intact, NOT authenticated (encrypted; no key given): {summary}"
+        return (f"intact, NOT authenticated (encrypted; no key given; names, links and the tree rules"
+                f" are sealed and were not checked): {summary}")
     if stats.encrypted:
         return f"OK, authenticated: {summary}"
     return f"OK: {summary}"

@@ -19,7 +19,7 @@ from rawsend.codecs.compress import compress, decode
 from rawsend.codecs.crypto import check_sealing
 from rawsend.errors import KeyMissing, MalformedRecord, RawsendError, WrongKey
 from rawsend.sources.tree import DataChunk, EncodedChunk
-from rawsend.stream.checker import Limits, StreamChecker
+from rawsend.stream.checker import Limits, StreamChecker, check_extent_features
 from rawsend.stream.reader import RawRecord, StreamReader
 from rawsend.stream.records import (
     FLAG_SEALED, Compression, Create, Extent, Feature, Header, RecordType, unpack_body,
@@ -273,6 +273,7 @@ def _record(raw: RawRecord, opener, stats: ReceiveStats, header: Header):
         rec = unpack_body(raw.type, raw.body)
         if isinstance(rec, Extent):
             check_sealing(header, raw, rec)  # its encryption fields agree with the header
+            check_extent_features(header, rec)
         return rec
     except RawsendError as e:
         e.locate(raw.index, raw.offset)

@@ -21,7 +21,7 @@ from typing import BinaryIO, Callable
 from rawsend.codecs.crypto import Keyring, Sealer, check_sealing
 from rawsend.codecs.keys import Key
 from rawsend.errors import KeyProblem, RawsendError, WrongKey
-from rawsend.stream.checker import Limits, StreamChecker
+from rawsend.stream.checker import Limits, StreamChecker, check_extent_features
 from rawsend.stream.reader import StreamReader
 from rawsend.stream.records import Cipher, Extent, RecordType, unpack_body
 from rawsend.stream.writer import StreamWriter
@@ -73,6 +73,7 @@ def rekey(stream: BinaryIO, write: Callable[[bytes], None], old: Key | Keyring, 
             if raw.type == RecordType.EXTENT:
                 extent = Extent.unpack(raw.body)
                 check_sealing(header, raw, extent)
+                check_extent_features(header, extent)
                 checker.check(extent, raw.index)
                 encoded = opener.open_extent(raw.index, extent, raw.payload)
                 clear = dataclasses.replace(extent, disk_num_bytes=len(encoded), encryption=Cipher.NONE,

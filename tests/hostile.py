@@ -32,6 +32,7 @@ from rawsend.stream.records import (
     Create,
     End,
     Extent,
+    Feature,
     Header,
     Link,
     RecordType,
@@ -86,7 +87,8 @@ class HostileWriter(StreamWriter):
 
     def __init__(self, header: Header | None = None):
         self.out = bytearray()
-        super().__init__(self.out.extend, header or Header(STREAM_ID, T0))
+        # lz4 announced: hostile streams may carry lz4 extents (a reader refuses them otherwise)
+        super().__init__(self.out.extend, header or Header(STREAM_ID, T0, required_features=Feature.LZ4))
 
     def record(self, rec, payload: bytes = b"", flags: int = 0) -> Written:
         """A typed record (Create, Link, SetXattr, Extent or End), framed honestly."""

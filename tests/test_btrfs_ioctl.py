@@ -241,8 +241,9 @@ def test_lzo_roundtrip_and_padding(lzo_codec):
     assert out == data + bytes(1000)  # short data is zero-extended
     padded = frame + bytes(-len(frame) % 4096)  # as it lies on disk
     assert lzo_codec.decode_btrfs_lzo(padded, 128 * KiB, 4096) == out
-    # output is capped at unencoded_len, which is capped at 128 KiB
-    assert lzo_codec.decode_btrfs_lzo(frame, 5000, 4096) == data[:5000]
+    # output longer than unencoded_len is refused, and unencoded_len is capped at 128 KiB
+    with pytest.raises(ValueError, match="decodes past unencoded_len 5000"):
+        lzo_codec.decode_btrfs_lzo(frame, 5000, 4096)
     with pytest.raises(ValueError, match="unencoded_len"):
         lzo_codec.decode_btrfs_lzo(frame, 1 << 40, 4096)
 

@@ -49,7 +49,9 @@ ENCRYPTED = VECTORS / "encrypted"
 def corpus() -> dict[str, bytes]:
     """Good streams: the small golden vectors when they exist, and streams made here."""
     out = {f"small_{i}": s for i, s in enumerate(small_trees())}
-    for path in sorted(VECTORS.glob("good_*.rs")) + sorted(ENCRYPTED.glob("good_*.rs")):
+    # with a skipped record of a later version, so mutations meet the skipping path too
+    extension = [VECTORS / "skippable_unknown_record.rs"]
+    for path in sorted(VECTORS.glob("good_*.rs")) + sorted(ENCRYPTED.glob("good_*.rs")) + extension:
         data = path.read_bytes()
         if len(data) <= 20_000:  # the 170 KB plain one adds time, not coverage
             out[f"{path.parent.name}/{path.stem}"] = data

@@ -71,8 +71,9 @@ def decode_btrfs_lzo(payload, unencoded_len: int, sector_size: int, *, zero_exte
 
     `payload` is the encoded extent as ENCODED_READ returns it (padded or
     not). Like the kernel, decoded data shorter than unencoded_len is
-    zero-extended, and decoding stops once unencoded_len bytes exist (the
-    uapi says longer data is truncated). Memory use is bounded by
+    zero-extended. Data longer than unencoded_len is rejected (the kernel
+    would truncate it; the stream format says a payload that decodes to more
+    than its record declares is damaged). Memory use is bounded by
     unencoded_len plus one sector: no segment is ever decoded into more than
     `sector_size` bytes.
 
@@ -110,7 +111,7 @@ def decode_btrfs_lzo(payload, unencoded_len: int, sector_size: int, *, zero_exte
     max_seg = lzo1x_worst_compress(sector_size)
     out = bytearray()
     pos = LZO_LEN
-    while pos < total_len and len(out) < unencoded_len:
+    while pos < total_len:
         # (A header cannot straddle a sector here: the padding skip at the
         # end of this loop always leaves at least 4 bytes in the sector.)
         if pos + LZO_LEN > total_len:
@@ -132,7 +133,10 @@ def decode_btrfs_lzo(payload, unencoded_len: int, sector_size: int, *, zero_exte
             chunk = lzo.decompress(bytes(payload[data_start:data_start + seg_len]), False, sector_size)
         except lzo.error as e:
             raise LzoDataError(f"segment at offset {pos} ({seg_len} bytes) does not decompress: {e}") from None
-        out += chunk[: unencoded_len - len(out)]
+        if len(out) + len(chunk) > unencoded_len:
+            raise LzoDataError(f"segment at offset {pos} decodes past unencoded_len {unencoded_len}"
+                                  f" (to {len(out) + len(chunk)} bytes)")
+        out += chunk
         pos = data_start + seg_len
         left_in_sector = sector_size - pos % sector_size
         if left_in_sector < LZO_LEN:

@@ -6,10 +6,13 @@ streams with the same errors.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 
-from rawsend.errors import LimitExceeded, RecordOrderError
-from rawsend.stream.records import ROOT_ID, Create, Extent, Link, RecordType, SetXattr
+from rawsend.errors import LimitExceeded, MalformedRecord, RecordOrderError
+from rawsend.stream.records import (
+    ROOT_ID, Compression, Create, Extent, Feature, Header, Link, RecordType, SetXattr,
+)
 
 
 @dataclass
@@ -41,6 +44,10 @@ class StreamChecker:
     xattr_bytes: int = 0
     declared_bytes: int = 0
     links: int = 0
+    # rule 5: one 16-byte digest per (parent, name), not the name itself, so memory per
+    # entry stays small whatever the names' lengths (a 128-bit digest makes a false clash
+    # as likely as guessing a random key)
+    names: set[bytes] = field(default_factory=set)
 
     def check(self, rec, index: int) -> None:
         if isinstance(rec, Create):
@@ -68,6 +75,7 @@ class StreamChecker:
         depth = 0
         if rec.file_id != ROOT_ID:
             depth = self._parent(rec.parent_id, index).depth + 1
+            self._new_name(rec.parent_id, rec.name, index)
             if depth > self.limits.max_depth:
                 raise LimitExceeded(f"directory depth over {self.limits.max_depth}", record=index,
                                     hint="raise --max-depth if this stream is trusted")
@@ -86,8 +94,17 @@ class StreamChecker:
                                    " earlier in this stream", record=index)
         self._parent(rec.parent_id, index)
         self._count_name(index)
+        self._new_name(rec.parent_id, rec.name, index)
         self.links += 1
         self.current = 0  # records after a link do not continue the previous file
+
+    def _new_name(self, parent_id: int, name: bytes, index: int) -> None:
+        key = hashlib.blake2b(parent_id.to_bytes(8, "little") + name, digest_size=16).digest()
+        if key in self.names:
+            raise MalformedRecord(f"the same name twice in one directory: {name!r} again in directory id"
+                                  f" {parent_id}", record=index,
+                                  hint="a name is created once per directory (spec rule 5); the stream is damaged")
+        self.names.add(key)
 
     def _count_name(self, index: int) -> None:
         if len(self.inodes) + self.links >= self.limits.max_files:
@@ -124,3 +141,14 @@ class StreamChecker:
         if not self.inodes:
             raise RecordOrderError("the stream ends without creating its root directory", record=index,
                                    offset=offset)
+
+
+def check_extent_features(header: Header, extent: Extent) -> None:
+    """An extent uses only what the header announced: lz4 needs the required bit ``lz4``.
+
+    A rule on clear fields, so keyless readers of encrypted streams check it too.
+    """
+    if extent.compression == Compression.LZ4 and not header.required_features & Feature.LZ4:
+        raise MalformedRecord("lz4 extent in a stream whose header does not set the required feature lz4",
+                              hint="a reader without lz4 would have refused the stream at its header;"
+                                   " the stream is damaged or not conforming")

@@ -123,12 +123,11 @@ class StreamReader:
         if payload_len > MAX_PAYLOAD_LEN:
             raise LimitExceeded(f"payload length {payload_len} over the cap {MAX_PAYLOAD_LEN}",
                                 record=index, offset=start)
-        if payload_len and rtype != RecordType.EXTENT and rtype in RecordType.NAMES:
-            raise MalformedRecord(f"{RecordType.NAMES[rtype]} record with a payload of {payload_len} bytes;"
+        if payload_len and rtype != RecordType.EXTENT:
+            # a skippable record carries no file data, so no unknown type may have a payload either
+            name = RecordType.NAMES.get(rtype, f"type {rtype}")
+            raise MalformedRecord(f"{name} record with a payload of {payload_len} bytes;"
                                   " only extents carry one", record=index, offset=start)
-        if payload_len and rtype in RecordType.NAMES and rtype != RecordType.EXTENT:
-            raise MalformedRecord(f"a {RecordType.NAMES[rtype]} record with a payload", record=index,
-                                  offset=start)
         body = self._read_exact(body_len, "record body", index)
         payload = self._read_payload(payload_len, index) if payload_len else memoryview(b"")
         got = crc32c(body, crc32c(header[:CRC_COVERED]))
@@ -152,7 +151,8 @@ class StreamReader:
             raise
         unknown = self.header.required_features & ~Feature.SUPPORTED_REQUIRED
         if unknown:
-            raise UnsupportedFeature(f"required feature bits 0x{unknown:x} are unknown to this version",
+            bits = ", ".join(str(b) for b in range(64) if unknown >> b & 1)
+            raise UnsupportedFeature(f"required feature bit {bits} (0x{unknown:x}) unknown to this rawsend",
                                      record=0, offset=first.offset)
         self.header_body = first.body
         self._account(first)
@@ -165,12 +165,28 @@ class StreamReader:
                 return
             if rec.type == RecordType.HEADER:
                 raise RecordOrderError("a second header record", record=rec.index, offset=rec.offset)
-            if rec.type not in RecordType.NAMES and not rec.flags & FLAG_SKIPPABLE:
-                raise MalformedRecord(f"unknown record type {rec.type} not marked skippable",
-                                      record=rec.index, offset=rec.offset,
-                                      hint="the stream comes from a newer rawsend or is damaged")
+            self._check_type(rec)
             self._account(rec)
             yield rec
+
+    @staticmethod
+    def _check_type(rec: RawRecord) -> None:
+        """SKIPPABLE is for unknown types of the skippable ranges only (spec "Versioning and extension")."""
+        skippable = rec.flags & FLAG_SKIPPABLE
+        if rec.type in RecordType.NAMES:
+            if skippable:
+                raise MalformedRecord(f"{RecordType.NAMES[rec.type]} record marked skippable",
+                                      record=rec.index, offset=rec.offset)
+            return
+        later = RecordType.RESERVED.get(rec.type)
+        what = f"record type {rec.type}" + (f" (reserved for {later})" if later else "")
+        if not skippable:
+            raise MalformedRecord(f"unknown {what} not marked skippable", record=rec.index, offset=rec.offset,
+                                  hint="a newer stream would have named what it needs in its header;"
+                                       " the stream is damaged or not conforming")
+        if not RecordType.may_skip(rec.type):
+            raise MalformedRecord(f"{what} marked skippable, but records of its range change the tree",
+                                  record=rec.index, offset=rec.offset)
 
     def _account(self, rec: RawRecord) -> None:
         self._digest.update(rec.header)

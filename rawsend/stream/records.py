@@ -52,12 +52,24 @@ class RecordType:
     SET_XATTR = 7
     EXTENT = 8
     END = 9
-    # 10..19 are reserved for btrfs-send-like commands of later versions:
-    # rename, unlink, rmdir, remove_xattr, chmod, chown, utimes, truncate,
-    # clone, fallocate.
 
     NAMES = {1: "header", 2: "mkdir", 3: "mkfile", 4: "mknod", 5: "symlink",
              6: "link", 7: "set_xattr", 8: "extent", 9: "end"}
+
+    # Ranges of later versions (spec "Versioning and extension").  Records that
+    # change the tree or its data are never skippable: a reader that skipped
+    # one would build a different tree than the sender's.
+    NEVER_SKIPPABLE = (range(0, 1),     # 0 is no type: zeroed or damaged bytes
+                       range(10, 32))   # incremental: rename, unlink, ..., clone
+    # 32..47 (signature, hash of the whole stream) are always skippable
+    RESERVED = {10: "rename", 11: "unlink", 12: "rmdir", 13: "truncate", 14: "chmod", 15: "chown",
+                16: "utimes", 17: "remove_xattr", 18: "update_file", 19: "clone",
+                32: "signature", 33: "stream_hash"}
+
+    @classmethod
+    def may_skip(cls, rtype: int) -> bool:
+        """Whether an unknown type may be skipped when its record is marked SKIPPABLE."""
+        return rtype not in cls.NAMES and not any(rtype in r for r in cls.NEVER_SKIPPABLE)
 
 
 # -- HEADER -----------------------------------------------------------------------------
@@ -173,8 +185,8 @@ class Create:
                 raise LimitExceeded(f"symlink target length {target_len} not in 1..{MAX_TARGET_LEN}")
         elif target_len:
             raise MalformedRecord("target given on a record that is not a symlink")
-        if rtype == RecordType.MKDIR and size:
-            raise MalformedRecord("mkdir with a nonzero size field")
+        if rtype in (RecordType.MKDIR, RecordType.SYMLINK) and size:
+            raise MalformedRecord(f"{RecordType.NAMES[rtype]} with a nonzero size_or_rdev field ({size})")
         if size > MAX_FILE_SIZE:  # off_t and dev_t are signed 64-bit to the kernel's callers
             raise LimitExceeded(f"size or device number {size} over {MAX_FILE_SIZE}")
         name = bytes(body[CREATE_BODY.size:CREATE_BODY.size + name_len])

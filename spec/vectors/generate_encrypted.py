@@ -7,6 +7,7 @@ must say, NAME.dump what `rawsend dump --key-file KEY` prints (then
 per line:
 
     comment:         the scenario, in one line
+    rule:            the rule of stream-format.md or encryption.md the vector breaks
     key:             the key file given to the reader (test.key or other.key)
     expect:          `success` or the error class a reader with that key raises
     record, offset:  where that error is reported
@@ -24,6 +25,10 @@ Each damaged vector models one change by an attacker without the key: every
 CRC is fixed up and, unless the scenario is the END record itself, the END's
 counts and digest are recomputed, so only the key can tell.
 
+Both verdicts of every vector (with the key and without) are written here by
+hand, from the record offsets of the good stream (good_aes256gcm.dump); the
+reader is run only to check it agrees, and if it does not nothing is written.
+
     python spec/vectors/generate_encrypted.py          # rewrite the vectors
     python spec/vectors/generate_encrypted.py --check  # exit 1 if any vector differs
 """
@@ -35,6 +40,7 @@ import io
 import stat
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 
 from rawsend.codecs.crypto import Keyring, Sealer
@@ -117,10 +123,10 @@ def items() -> list:
 
 
 def build(key: Key = TEST_KEY, cipher: int = Cipher.AES_256_GCM, stream_id: bytes = STREAM_ID,
-          random=None) -> bytes:
+          random=None, tree: list | None = None) -> bytes:
     out = bytearray()
     random = random or DeterministicRandom(b"rawsend vector " + stream_id + bytes([cipher]) + key.key_id)
-    send(items(), out.extend, compression=Compression.NONE, threads=1, stream_id=stream_id,
+    send(tree or items(), out.extend, compression=Compression.NONE, threads=1, stream_id=stream_id,
          created_ns=CREATED_NS, sealer=Sealer(key, cipher, random=random))
     return bytes(out)
 
@@ -139,8 +145,22 @@ def refinish(stream: bytes) -> bytes:
     return stream[:end_start] + frame(RecordType.END, 0, end.pack())
 
 
+class Declared(NamedTuple):
+    """The verdicts of one vector, by hand: (error class, record, offset) or ("success",)."""
+
+    rule: str
+    keyed: tuple
+    keyless: tuple = ("success",)
+
+
+OK = ("success",)
+AUTH = "encryption.md: a sealed record or END opens only where it was sealed"
+# Record offsets of good_aes256gcm (see its .dump): what the declared verdicts point at.
+EXT_1, XATTR_A, XATTR_B, END_AT = 540, 4764, 4829, 6765  # records 5, 7, 8, 16
+
+
 def damaged(good: bytes) -> dict[str, tuple[bytes, str, str]]:
-    """name -> (stream, key file, comment)."""
+    """name -> (stream, key file, comment); the verdicts are in DECLARED."""
     spans, types = record_spans(good), record_types(good)
     extents = [i for i, t in enumerate(types) if t == RecordType.EXTENT]
     xattrs = [i for i, t in enumerate(types) if t == RecordType.SET_XATTR]
@@ -231,7 +251,43 @@ def damaged(good: bytes) -> dict[str, tuple[bytes, str, str]]:
 
     out["nonce_reused"] = (build(random=RepeatingNonces(b"broken")), "test.key",
                            "sealed with test.key by a sender whose random source repeats one nonce")
+
+    twice = Create(RecordType.MKFILE, 8, 1, b"fifo", stat.S_IFREG | 0o600, 0, 0, T1, T1)
+    out["name_twice"] = (build(tree=items() + [twice]), "test.key",
+                         "a file named like the fifo before it in the same directory, sealed like every name")
     return out
+
+
+DECLARED = {
+    "good_aes256gcm": Declared("a good stream: every rule kept", OK),
+    "good_chacha20poly1305": Declared("a good stream: every rule kept", OK),
+    "payload_bitflip": Declared(AUTH, ("AuthenticationFailed", 5, EXT_1)),
+    "sealed_metadata_bitflip": Declared(AUTH, ("AuthenticationFailed", 4, 423)),
+    "extent_moved": Declared(AUTH + " (the associated data binds the file offset)",
+                             ("AuthenticationFailed", 12, 5305)),
+    # the record in position 7 was sealed for position 8 (swapped, dropped) or 8 for 9 (duplicated)
+    "swapped_records": Declared(AUTH + " (its position)", ("AuthenticationFailed", 7, XATTR_A)),
+    "dropped_record": Declared(AUTH + " (its position)", ("AuthenticationFailed", 7, XATTR_A)),
+    "duplicated_record": Declared(AUTH + " (its position)", ("AuthenticationFailed", 9, XATTR_B + 66)),
+    "truncated": Declared("Layout: a stream ends only after END", ("TruncatedStream", 16, END_AT),
+                          ("TruncatedStream", 16, END_AT)),
+    # END moves up by the three records dropped: link (76 bytes), symlink (136), mknod (112)
+    "truncated_forged_end": Declared("encryption.md: END's MAC covers the counts",
+                                     ("AuthenticationFailed", 13, END_AT - 324)),
+    "extent_from_other_stream": Declared(AUTH + " (its stream)", ("AuthenticationFailed", 5, EXT_1)),
+    "end_mac_wrong": Declared("encryption.md: END's MAC", ("AuthenticationFailed", 16, END_AT)),
+    "unsealed_metadata": Declared("encryption.md: every metadata record of an encrypted stream is sealed",
+                                  ("MalformedRecord", 7, XATTR_A), ("MalformedRecord", 7, XATTR_A)),
+    "plaintext_extent_injected": Declared("encryption.md: every extent of an encrypted stream is encrypted",
+                                          ("MalformedRecord", 5, EXT_1), ("MalformedRecord", 5, EXT_1)),
+    "wrong_key": Declared("encryption.md: a stream opens only with its key", ("WrongKey", 0, 12)),
+    "forged_key_id": Declared(AUTH + " (under the key it names)", ("AuthenticationFailed", 1, 117)),
+    "nonce_reused": Declared("encryption.md: a nonce is never used twice in a stream",
+                             ("AuthenticationFailed", 2, 225)),
+    # without the key the names are sealed: rule 5 cannot be checked, and verify says so
+    "name_twice": Declared("stream-format.md Record order, rule 5: a name once per directory",
+                           ("MalformedRecord", 16, END_AT)),
+}
 
 
 def vectors() -> dict[str, tuple[bytes, str, str]]:
@@ -259,36 +315,52 @@ def outcome(stream: bytes, keyring: Keyring | None) -> tuple[RawsendError | None
     return None, lines
 
 
-def describe(stream: bytes, key_file: str, comment: str) -> dict[str, bytes]:
-    """The .expect and .dump files (and .keyless.dump for a good stream) of one vector."""
+def _said(err: RawsendError | None) -> tuple:
+    return OK if err is None else (type(err).__name__, err.record, err.offset)
+
+
+def describe(stream: bytes, key_file: str, comment: str, declared: Declared,
+             wrong: list[str] | None = None) -> dict[str, bytes]:
+    """The .expect and .dump files (and .keyless.dump for a good stream) of one vector; where the
+    reader disagrees with the declared verdicts, a line is added to ``wrong``."""
     keyed, lines = outcome(stream, Keyring([KEY_FILES[key_file]]))
     keyless, keyless_lines = outcome(stream, None)
-    expect = [f"comment: {comment}", f"key: {key_file}"]
-    for prefix, err in (("", keyed), ("keyless ", keyless)):
+    expect = [f"comment: {comment}", f"rule: {declared.rule}", f"key: {key_file}"]
+    for prefix, err, verdict in (("", keyed, declared.keyed), ("keyless ", keyless, declared.keyless)):
         label = "expect" if not prefix else "keyless"
-        if err is None:
+        if _said(err) != tuple(verdict) and wrong is not None:
+            wrong.append(f"{label}: declared {verdict}, the reader says {_said(err)}" + (f": {err}" if err else ""))
+        if verdict == OK:
             expect.append(f"{label}: success")
         else:
-            expect += [f"{label}: {type(err).__name__}", f"{prefix}record: {err.record}",
-                       f"{prefix}offset: {err.offset}"]
+            expect += [f"{label}: {verdict[0]}", f"{prefix}record: {verdict[1]}", f"{prefix}offset: {verdict[2]}"]
     files = {".expect": "\n".join(expect) + "\n", ".dump": "\n".join(lines) + "\n"}
-    if keyed is None:
+    if declared.keyed == OK:
         files[".keyless.dump"] = "\n".join(keyless_lines) + "\n"
     return {suffix: text.encode() for suffix, text in files.items()}
 
 
-def all_files() -> dict[str, bytes]:
+def all_files(wrong: list[str] | None = None) -> dict[str, bytes]:
     files = {name: format_key(key.secret) for name, key in KEY_FILES.items()}
-    for name, (data, key_file, comment) in sorted(vectors().items()):
+    made = vectors()
+    assert sorted(made) == sorted(DECLARED), "every vector has its declared verdicts"
+    for name, (data, key_file, comment) in sorted(made.items()):
         files[f"{name}.rs"] = data
-        for suffix, content in describe(data, key_file, comment).items():
+        found: list[str] = []
+        for suffix, content in describe(data, key_file, comment, DECLARED[name], found).items():
             files[name + suffix] = content
+        if wrong is not None:
+            wrong += [f"{name}: {line}" for line in found]
     return files
 
 
 def main(argv: list[str]) -> int:
     check = "--check" in argv
-    files = all_files()
+    wrong: list[str] = []
+    files = all_files(wrong)
+    if wrong:  # a reader that changed its mind is a regression until a verdict is changed by hand
+        print("the reader disagrees with the declared verdicts; nothing written:", *wrong, sep="\n  ")
+        return 1
     bad = 0
     OUT.mkdir(exist_ok=True)
     for fname, content in files.items():
