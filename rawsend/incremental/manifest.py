@@ -12,7 +12,9 @@ stays on SRC's filesystem.  Every non-directory is one entry however many names 
 
 from __future__ import annotations
 
+import ctypes
 import errno
+import functools
 import os
 import stat
 import struct
@@ -118,6 +120,7 @@ class Entry:
     names: tuple[Name, ...]                 # sorted; a directory has exactly one
     xattrs: tuple[XattrDigest, ...] = ()    # sorted by name
     extents: tuple[Extent, ...] = ()        # data extents in offset order; symlink: its target
+    btime_ns: int = 0                       # birth time (statx), 0 where the filesystem has none
 
     @property
     def kind(self) -> int:
@@ -180,10 +183,12 @@ class FileIds:
         self.next_id += 1
         return file_id
 
-    def assign(self, dev: int, ino: int, mode: int, identity=None) -> int:
+    def assign(self, dev: int, ino: int, mode: int, btime_ns: int, identity=None) -> int:
+        """The file id of the inode (dev, ino); a birth time that differs from the parent's means
+        the inode number was freed and given to a new file."""
         old = self.known.get((dev, ino))
         if (old is not None and old.file_id != ROOT_ID and old.kind == stat.S_IFMT(mode)
-                and old.identity() == identity):
+                and old.identity() == identity and old.btime_ns == btime_ns):
             return old.file_id
         return self.new()
 
@@ -193,9 +198,43 @@ class FileIds:
 _KEPT = (stat.S_IFREG, stat.S_IFDIR, stat.S_IFLNK, stat.S_IFCHR, stat.S_IFBLK, stat.S_IFIFO)
 
 
-def _entry(file_id: int, st, names, size: int = 0, xattrs=(), extents=()) -> Entry:
+def _entry(file_id: int, st, names, size: int = 0, xattrs=(), extents=(), btime_ns: int = 0) -> Entry:
     return Entry(file_id, st.st_dev, st.st_ino, st.st_mode, st.st_uid, st.st_gid, size,
-                 st.st_mtime_ns, st.st_ctime_ns, names, xattrs, extents)
+                 st.st_mtime_ns, st.st_ctime_ns, names, xattrs, extents, btime_ns)
+
+
+# statx(2) for the birth time, which os.stat does not give on Linux: struct statx is 256
+# bytes; stx_mask at 0, stx_btime {i64 tv_sec, u32 tv_nsec} at 80.
+_STATX_BTIME = 0x800
+_AT_SYMLINK_NOFOLLOW = 0x100
+_AT_EMPTY_PATH = 0x1000
+_BTIME = struct.Struct("<qI")
+
+
+@functools.cache
+def _statx():
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).statx
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_uint, ctypes.c_void_p]
+    return fn
+
+
+def birth_time(dir_fd: int, name: bytes) -> int:
+    """Birth time in ns of ``name`` in ``dir_fd`` (b"" with an fd: the fd itself), not following
+    a symlink; 0 when the kernel or the filesystem does not know it."""
+    fn = _statx()
+    if fn is None:
+        return 0
+    buf = ctypes.create_string_buffer(256)
+    flags = _AT_SYMLINK_NOFOLLOW | (_AT_EMPTY_PATH if not name else 0)
+    if fn(dir_fd, name, flags, _STATX_BTIME, buf) != 0:
+        return 0
+    if not int.from_bytes(buf.raw[0:4], "little") & _STATX_BTIME:
+        return 0
+    sec, nsec = _BTIME.unpack_from(buf.raw, 80)
+    return sec * 1_000_000_000 + nsec
 
 
 def scan(root: str | os.PathLike, ids: FileIds, digester: Digester, *, one_file_system: bool = True,
@@ -231,7 +270,8 @@ class _Scanner:
             st = os.fstat(root_fd)
             self.root_dev = st.st_dev
             self.dirs_seen.add((st.st_dev, st.st_ino))
-            self._add(ROOT_ID, st, ROOT_NAME, b"", xattrs=self._xattrs(root_fd, b""))
+            self._add(ROOT_ID, st, ROOT_NAME, b"", xattrs=self._xattrs(root_fd, b""),
+                      btime_ns=birth_time(root_fd, b""))
             self.report.dirs += 1
             stack.append((root_fd, ROOT_ID, b"", self._names(root_fd, b"")))
             while stack:
@@ -260,8 +300,8 @@ class _Scanner:
             return iter(())
 
     def _add(self, file_id: int, st, name: Name, path: bytes, *, size=0, xattrs=(), extents=(),
-             target=b"", values=None) -> None:
-        entry = _entry(file_id, st, (name,), size, tuple((n, d) for n, d, _ in xattrs), extents)
+             target=b"", btime_ns=0) -> None:
+        entry = _entry(file_id, st, (name,), size, tuple((n, d) for n, d, _ in xattrs), extents, btime_ns)
         self.entries[file_id] = Scanned(entry, st.st_atime_ns, target,
                                         {n: v for n, _, v in xattrs}, [path])
 
@@ -288,6 +328,7 @@ class _Scanner:
         if kind == stat.S_IFDIR:
             return self._dir(dir_fd, dir_id, name, path)
         key = (st.st_dev, st.st_ino)
+        btime = birth_time(dir_fd, name) if key not in self.by_inode else 0
         if key in self.by_inode:  # another name of an inode already found
             scanned = self.entries[self.by_inode[key]]
             scanned.entry = replace(scanned.entry, names=tuple(sorted(scanned.entry.names + ((dir_id, name),))))
@@ -301,20 +342,21 @@ class _Scanner:
                 self.report.warn(f"{self._show(path)}: cannot read link: {e.strerror}")
                 return None
             extents = ((0, len(target), self.digester.symlink_target(target)),)
-            file_id = self.ids.assign(st.st_dev, st.st_ino, st.st_mode, extents)
-            self._add(file_id, st, (dir_id, name), path, extents=extents, target=target,
+            file_id = self.ids.assign(st.st_dev, st.st_ino, st.st_mode, btime, extents)
+            self._add(file_id, st, (dir_id, name), path, extents=extents, target=target, btime_ns=btime,
                       xattrs=self._xattrs(self._at(dir_fd, name, path), path))
             self.report.symlinks += 1
         elif kind == stat.S_IFREG:
-            file_id = self.ids.assign(st.st_dev, st.st_ino, st.st_mode)
-            self._add(file_id, st, (dir_id, name), path, size=st.st_size,
+            file_id = self.ids.assign(st.st_dev, st.st_ino, st.st_mode, btime)
+            self._add(file_id, st, (dir_id, name), path, size=st.st_size, btime_ns=btime,
                       xattrs=self._xattrs(self._at(dir_fd, name, path), path))
             self.report.files += 1
             self.report.logical_bytes += st.st_size
         else:  # FIFOs and devices: the tree source sends no xattrs for them, nor does this
             rdev = st.st_rdev if kind in (stat.S_IFCHR, stat.S_IFBLK) else 0
-            file_id = self.ids.assign(st.st_dev, st.st_ino, st.st_mode, rdev if kind != stat.S_IFIFO else None)
-            self._add(file_id, st, (dir_id, name), path, size=rdev)
+            file_id = self.ids.assign(st.st_dev, st.st_ino, st.st_mode, btime,
+                                      rdev if kind != stat.S_IFIFO else None)
+            self._add(file_id, st, (dir_id, name), path, size=rdev, btime_ns=btime)
             self.report.specials += 1
         self.by_inode[key] = file_id
         return None
@@ -337,8 +379,9 @@ class _Scanner:
             self.report.warn(f"{self._show(path)}: directory already seen (a bind mount?); left out")
             return None
         self.dirs_seen.add(key)
-        file_id = self.ids.assign(st.st_dev, st.st_ino, st.st_mode)
-        self._add(file_id, st, (parent_id, name), path, xattrs=self._xattrs(fd, path))
+        btime = birth_time(fd, b"")
+        file_id = self.ids.assign(st.st_dev, st.st_ino, st.st_mode, btime)
+        self._add(file_id, st, (parent_id, name), path, xattrs=self._xattrs(fd, path), btime_ns=btime)
         self.report.dirs += 1
         return (fd, file_id, path, self._names(fd, path))
 

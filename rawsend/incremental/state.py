@@ -51,9 +51,9 @@ SCHEMA = (
     "CREATE TABLE inodes (file_id INTEGER NOT NULL, first_seq INTEGER NOT NULL, last_seq INTEGER,"
     " dev INTEGER NOT NULL, ino INTEGER NOT NULL, mode INTEGER NOT NULL, uid INTEGER NOT NULL,"
     " gid INTEGER NOT NULL, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, ctime_ns INTEGER NOT NULL,"
-    " names BLOB NOT NULL, xattrs BLOB, extents BLOB)",
+    " names BLOB NOT NULL, xattrs BLOB, extents BLOB, btime_ns INTEGER NOT NULL)",
 )
-_COLUMNS = "file_id, dev, ino, mode, uid, gid, size, mtime_ns, ctime_ns, names, xattrs, extents"
+_COLUMNS = "file_id, dev, ino, mode, uid, gid, size, mtime_ns, ctime_ns, names, xattrs, extents, btime_ns"
 _META_KEYS = {"source", "secret", "next_file_id", "next_seq"}
 
 
@@ -77,7 +77,7 @@ class StreamInfo:
 def _row(entry: Entry) -> tuple:
     return (entry.file_id, entry.dev, entry.ino, entry.mode, entry.uid, entry.gid, entry.size,
             entry.mtime_ns, entry.ctime_ns, pack_names(entry.names), pack_xattrs(entry.xattrs),
-            pack_extents(entry.extents))
+            pack_extents(entry.extents), entry.btime_ns)
 
 
 class State:
@@ -282,7 +282,7 @@ class Recording:
         with _damage(self.state.path):
             if kept is not None:
                 self.state._db.execute("UPDATE inodes SET last_seq = ? WHERE rowid = ?", (self.seq - 1, kept[0]))
-            self.state._db.execute(f"INSERT INTO inodes (first_seq, {_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            self.state._db.execute(f"INSERT INTO inodes (first_seq, {_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                                    (self.seq, *_row(entry)))
         self.added_rows += 1
 
@@ -437,11 +437,11 @@ def _decode(row: tuple, path: str) -> Entry:
         ints = row[:9]
         if any(not isinstance(v, int) or v < 0 for v in ints[:7]):
             raise BlobError("a field is not a non-negative integer")
-        if not all(isinstance(v, int) for v in ints[7:9]):
+        if not all(isinstance(v, int) for v in ints[7:9] + row[12:13]):
             raise BlobError("a time is not an integer")
         if not isinstance(row[9], bytes) or not all(isinstance(b, (bytes, type(None))) for b in row[10:12]):
             raise BlobError("a blob column holds something else")
-        entry = Entry(*ints, unpack_names(row[9]), unpack_xattrs(row[10]), unpack_extents(row[11]))
+        entry = Entry(*ints, unpack_names(row[9]), unpack_xattrs(row[10]), unpack_extents(row[11]), row[12])
     except BlobError as e:
         raise StateDamaged(f"row of file id {file_id}: {e}", path=path) from None
     return entry
