@@ -376,3 +376,122 @@ def test_extent_matcher_stale_ranges():
     assert m.unchanged(0, 100, b"a") and not m.unchanged(0, 100, b"x") and not m.unchanged(0, 99, b"a")
     assert m.stale(((50, 100, b"n"),), 1000) == [(0, 50), (150, 200), (300, 350)]
     assert m.stale((), 320) == [(0, 200), (300, 320)]
+
+
+def test_rotation_of_many_names(tree):
+    for i in range(6):
+        write(tree.root / f"log.{i}", b"log %d" % i)
+    tree.first()
+    os.rename(tree.root / "log.5", tree.root / "spare")
+    for i in range(4, -1, -1):  # log.i -> log.(i+1), and the oldest comes round to log.0
+        os.rename(tree.root / f"log.{i}", tree.root / f"log.{i + 1}")
+    os.rename(tree.root / "spare", tree.root / "log.0")
+    plan = tree.second()
+    assert sum(line.startswith("rename") for line in lines(plan)) == 7  # six moves, one through a temporary
+
+
+def test_incremental_against_an_older_parent(tree, tmp_path):
+    write(tree.root / "a", b"a")
+    tree.first()
+    base_id = None
+    with State.open(tmp_path / "state.db", tree.root) as st:
+        base_id = st.pick_parent().id_hex
+    write(tree.root / "b", b"b")
+    tree.second()                      # newest stream: has b; the copy now has b too
+    subprocess.run(["rm", "-rf", str(tree.base)], check=True)
+    os.unlink(tree.root / "a")
+    write(tree.root / "c", b"c")
+    sender = Sender(tmp_path / "state.db", tree.root)
+    plan = sender.send(parent=base_id)  # against the first stream, which never had b
+    assert [line for line in lines(plan) if not line.startswith("utimes")] == [
+        "unlink a", "mkfile b", "mkfile c", "data b (new)", "data c (new)"]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_random_changes_apply_cleanly(tree, seed):
+    """Random renames, swaps, moves across directories, links, removals and type changes."""
+    import random
+    rnd = random.Random(seed)
+    for i in range(40):
+        depth = rnd.randrange(3)
+        parts = [f"d{rnd.randrange(4)}" for _ in range(depth)] + [f"f{i}"]
+        write(tree.root.joinpath(*parts), os.urandom(rnd.randrange(1, 300000)))
+    tree.first()
+    for _ in range(30):
+        everything = sorted(p for p in tree.root.rglob("*"))
+        if not everything:
+            break
+        p = rnd.choice(everything)
+        dirs = [tree.root] + [q for q in everything if q.is_dir() and not q.is_symlink()]
+        action = rnd.randrange(7)
+        if action == 0:  # move anywhere not under itself, under a new or taken-then-freed name
+            target = rnd.choice([q for q in dirs if q != p and p not in q.parents])
+            dest = target / f"m{rnd.randrange(1000)}"
+            if not dest.exists():
+                os.rename(p, dest)
+        elif action == 1 and len(everything) > 1:  # swap two entries, neither inside the other
+            q = rnd.choice(everything)
+            if q != p and p not in q.parents and q not in p.parents:
+                t = tree.root / "swap.tmp"
+                os.rename(p, t)
+                os.rename(q, p)
+                os.rename(t, q)
+        elif action == 2 and p.is_file():
+            link = rnd.choice(dirs) / f"l{rnd.randrange(1000)}"
+            if not link.exists():
+                os.link(p, link)
+        elif action == 3:
+            subprocess.run(["rm", "-rf", str(p)], check=True)
+        elif action == 4 and p.is_file():  # a file becomes a directory
+            os.unlink(p)
+            write(p / "inner", b"now a dir")
+        elif action == 5 and p.is_file():
+            with open(p, "r+b") as f:
+                f.seek(rnd.randrange(max(1, p.stat().st_size)))
+                f.write(os.urandom(rnd.randrange(1, 5000)))
+        elif action == 6 and p.is_dir():  # a directory becomes a file
+            subprocess.run(["rm", "-rf", str(p)], check=True)
+            write(p, b"now a file")
+    tree.second()  # asserts the applied copy equals the tree now
+
+
+def test_scan_groups_links_skips_sockets_and_keeps_fifos(tmp_path):
+    import socket
+    from rawsend.incremental.digest import Digester, new_secret
+    from rawsend.incremental.manifest import FileIds
+    src = tmp_path / "src"
+    write(src / "f", b"x")
+    os.link(src / "f", src / "f2")
+    (src / "l").symlink_to("nowhere")
+    os.link(src / "l", src / "l2", follow_symlinks=False)
+    os.mkfifo(src / "p")
+    s = socket.socket(socket.AF_UNIX)
+    s.bind(str(src / "sock"))
+    try:
+        now = scan(src, FileIds({}, 2), Digester(new_secret()))
+    finally:
+        s.close()
+    paths = sorted(tuple(e.paths) for e in now.entries.values())
+    assert paths == [(b"",), (b"f", b"f2"), (b"l", b"l2"), (b"p",)]
+    assert now.report.notices == [f"{src}/sock: socket ignored"]
+
+
+def test_scan_stays_on_one_filesystem(tmp_path, is_root):
+    if not is_root:
+        pytest.skip("mounting a tmpfs needs root")
+    from rawsend.incremental.digest import Digester, new_secret
+    from rawsend.incremental.manifest import FileIds
+    src = tmp_path / "src"
+    write(src / "f", b"x")
+    (src / "mnt").mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(src / "mnt")], check=True)
+    try:
+        write(src / "mnt/inside", b"other filesystem")
+        digester = Digester(new_secret())
+        one = scan(src, FileIds({}, 2), digester)
+        every = scan(src, FileIds({}, 2), digester, one_file_system=False)
+    finally:
+        subprocess.run(["umount", str(src / "mnt")], check=True)
+    assert sorted(e.path for e in one.entries.values()) == [b"", b"f"]
+    assert one.report.notices == [f"{src}/mnt: on another filesystem; left out"]
+    assert sorted(e.path for e in every.entries.values()) == [b"", b"f", b"mnt", b"mnt/inside"]

@@ -10,12 +10,12 @@ import stat
 import subprocess
 import sys
 import textwrap
-import time
 
 import pytest
 
 from rawsend.incremental import errors as E
-from rawsend.incremental.state import APPLICATION_ID, State
+from rawsend.incremental.manifest import pack_names
+from rawsend.incremental.state import State
 from tests.test_incremental_diff import Sender, write
 
 
@@ -190,7 +190,7 @@ def test_keyed_digests_differ_between_states(tmp_path, src):
         assert a.digester.extent(data) != b.digester.extent(data)
         assert a.digester.extent(data) not in (hashlib.blake2b(data, digest_size=16).digest(),
                                                hashlib.sha256(data).digest()[:16])
-        assert "secret" not in repr(a.digester) or "<secret>" in repr(a.digester)
+        assert repr(a.digester) == "Digester(<secret>)"
 
 
 CRASHER = textwrap.dedent("""
@@ -256,3 +256,41 @@ def test_state_growth_per_file_per_stream(tmp_path, capsys):
         print(f"\nSTATE: {first / n:.0f} bytes per file for the first stream; growth per file per kept stream:"
               f" {few:.1f} bytes with 1% of files changed, {every:.0f} bytes with every file changed")
     assert few <= 20 and every <= 200
+
+
+def test_state_readable_by_others_is_named(tmp_path, src):
+    p = tmp_path / "s.db"
+    State.open(p, src).close()
+    os.chmod(p, 0o644)
+    said = []
+    State.open(p, src, warn=said.append).close()
+    assert said == [f"STATE {p} can be read by other users (mode 0644); run: chmod 600 {p}"]
+
+
+def test_state_that_is_a_directory(tmp_path, src):
+    (tmp_path / "dir.db").mkdir()
+    assert "cannot open it: Is a directory" in refused(tmp_path / "dir.db", src, E.StateError)
+
+
+def test_counters_behind_rows_are_refused(tmp_path, src):
+    p = tmp_path / "s.db"
+    Sender(p, src).send()
+    db = sqlite3.connect(p)
+    db.execute("UPDATE meta SET value = 2 WHERE key = 'next_file_id'")
+    db.commit()
+    db.close()
+    assert "its counters are behind its rows" in refused(p, src, E.StateDamaged)
+
+
+def test_manifest_that_is_not_a_tree_is_refused(tmp_path, src):
+    p = tmp_path / "s.db"
+    Sender(p, src).send()
+    db = sqlite3.connect(p)
+    # directory a (file id 2) made a child of its own file: names = (parent 3, "a")
+    db.execute("UPDATE inodes SET names = ? WHERE file_id = 2", (pack_names(((3, b"a"),)),))
+    db.commit()
+    db.close()
+    with State.open(p, src) as st:
+        with pytest.raises(E.StateDamaged) as info:
+            st.manifest(st.pick_parent())
+    assert "file id 2 is in 3, which is not a directory" in str(info.value)
