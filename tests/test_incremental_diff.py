@@ -63,9 +63,10 @@ class Sender:
             rec = st.begin(ids, info, now.started_ns)
             self.sent = {}  # path -> [(offset, data)] of the extents the stream would carry
             self.punched = {}
+            data_ops = {o.file_id: o for o in plan.ops if isinstance(o, d.DataChanged)}
             for fid in plan.entries:
                 if fid in plan.reread:
-                    op = next(o for o in plan.ops if isinstance(o, d.DataChanged) and o.file_id == fid)
+                    op = data_ops[fid]
                     matcher = d.ExtentMatcher(op.parent_extents)
                     extents, sent = [], []
                     for offset, data in data_extents(self.src / os.fsdecode(now.entries[fid].path)):

@@ -95,14 +95,17 @@ def test_symlink_is_not_followed(tmp_path, src):
     real = tmp_path / "s.db"
     State.open(real, src).close()
     (tmp_path / "link.db").symlink_to(real)
-    assert "is a symbolic link" in refused(tmp_path / "link.db", src, E.StateError)
+    assert refused(tmp_path / "link.db", src, E.StateError) == (
+        f"cannot use STATE: it is a symbolic link; STATE is never opened through one (at path"
+        f" {str(tmp_path / 'link.db')!r}); give the real path of the STATE file")
 
 
 def test_locked_by_another_send(tmp_path, src):
     p = tmp_path / "s.db"
     with State.open(p, src):
         msg = refused(p, src, E.StateLocked)
-    assert msg.startswith("STATE is in use: another rawsend send holds its lock")
+    assert msg == (f"STATE is in use: another rawsend send holds its lock (at path {str(p)!r}); wait for the"
+                   " other send to finish; a send that was killed leaves no lock behind")
     State.open(p, src).close()  # free again once closed
 
 

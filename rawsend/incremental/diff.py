@@ -243,7 +243,7 @@ class Plan:
     def entry(self, file_id: int, extents: tuple[Extent, ...] | None = None) -> Entry:
         """The new manifest's entry, with the extents the sender digested when it re-read it."""
         e = self.entries[file_id]
-        return e if extents is None else replace(e, extents=tuple(extents))
+        return e if extents is None else e.with_extents(extents)
 
     def lines(self) -> list[str]:
         return [describe(op) for op in self.ops]
@@ -275,7 +275,7 @@ def diff(parent: dict[int, Entry], scan: Scan, *, parent_started_ns: int = 0) ->
             if e.size != old.size:
                 ops.append(Truncate(fid, e.size, path))
             if reason is None:
-                entries[fid] = replace(e, extents=old.extents)
+                entries[fid] = e.with_extents(old.extents)
             elif e.size:  # an empty file has no extents to read
                 ops.append(DataChanged(fid, e.size, old.extents, reason, path))
                 reread.add(fid)

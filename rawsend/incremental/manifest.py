@@ -130,6 +130,11 @@ class Entry:
     def is_dir(self) -> bool:
         return stat.S_ISDIR(self.mode)
 
+    def with_extents(self, extents: tuple[Extent, ...]) -> "Entry":
+        """This entry with other extents (dataclasses.replace costs three times as much)."""
+        return Entry(self.file_id, self.dev, self.ino, self.mode, self.uid, self.gid, self.size, self.mtime_ns,
+                     self.ctime_ns, self.names, self.xattrs, tuple(extents), self.btime_ns)
+
     def identity(self):
         """What cannot change while an inode lives: a symlink's target, a device's number."""
         if stat.S_ISLNK(self.mode):

@@ -432,19 +432,20 @@ def _create(path: str, source_id: bytes) -> None:
 
 
 def _decode(row: tuple, path: str) -> Entry:
-    file_id = row[0]
+    (file_id, dev, ino, mode, uid, gid, size, mtime_ns, ctime_ns, names, xattrs, extents, btime_ns) = row
     try:
-        ints = row[:9]
-        if any(not isinstance(v, int) or v < 0 for v in ints[:7]):
-            raise BlobError("a field is not a non-negative integer")
-        if not all(isinstance(v, int) for v in ints[7:9] + row[12:13]):
-            raise BlobError("a time is not an integer")
-        if not isinstance(row[9], bytes) or not all(isinstance(b, (bytes, type(None))) for b in row[10:12]):
+        for v in (file_id, dev, ino, mode, uid, gid, size, mtime_ns, ctime_ns, btime_ns):
+            if type(v) is not int:
+                raise BlobError("a number column holds something else")
+        if min(file_id, dev, ino, mode, uid, gid, size) < 0:
+            raise BlobError("a field that cannot be negative is")
+        if type(names) is not bytes or (xattrs is not None and type(xattrs) is not bytes) or (
+                extents is not None and type(extents) is not bytes):
             raise BlobError("a blob column holds something else")
-        entry = Entry(*ints, unpack_names(row[9]), unpack_xattrs(row[10]), unpack_extents(row[11]), row[12])
+        return Entry(file_id, dev, ino, mode, uid, gid, size, mtime_ns, ctime_ns, unpack_names(names),
+                     unpack_xattrs(xattrs), unpack_extents(extents), btime_ns)
     except BlobError as e:
         raise StateDamaged(f"row of file id {file_id}: {e}", path=path) from None
-    return entry
 
 
 def _check_tree(entries: dict[int, Entry], path: str, stream: str) -> None:
