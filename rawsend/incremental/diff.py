@@ -104,7 +104,8 @@ class Truncate:
 class DataChanged:
     """Read the file and send the extents ``ExtentMatcher(parent_extents)`` does not know.
 
-    ``reason``: "new", "size", "mtime", "ctime" or "racy" (times within the race guard).
+    ``reason``: "new", "size", "mtime", "ctime", "inode" (the root directory replaced) or "racy"
+    (times within the race guard).
     It may end up sending nothing: a renamed file has a new ctime but the same extents.
     """
     file_id: int
@@ -267,7 +268,8 @@ def diff(parent: dict[int, Entry], scan: Scan, *, parent_started_ns: int = 0) ->
             if stat.S_ISREG(e.mode) and e.size:
                 ops.append(DataChanged(fid, e.size, (), "new", path))
                 reread.add(fid)
-            ops.extend(SetXattr(fid, n, scanned.xattr_values[n], path) for n, _ in e.xattrs)
+            if e.xattrs:
+                ops.extend(SetXattr(fid, n, scanned.xattr_values[n], path) for n, _ in e.xattrs)
             utimes.append(Utimes(fid, scanned.atime_ns, e.mtime_ns, path))
             continue
         if stat.S_ISREG(e.mode):
@@ -285,9 +287,10 @@ def diff(parent: dict[int, Entry], scan: Scan, *, parent_started_ns: int = 0) ->
         if stat.S_IMODE(e.mode) != stat.S_IMODE(old.mode) or (
                 chown and e.mode & (stat.S_ISUID | stat.S_ISGID)):  # chown clears setuid/setgid
             ops.append(Chmod(fid, stat.S_IMODE(e.mode), path))
-        old_x, new_x = dict(old.xattrs), dict(e.xattrs)
-        ops.extend(RemoveXattr(fid, n, path) for n in old_x if n not in new_x)
-        ops.extend(SetXattr(fid, n, scanned.xattr_values[n], path) for n, d in e.xattrs if old_x.get(n) != d)
+        if old.xattrs != e.xattrs:
+            old_x, new_x = dict(old.xattrs), dict(e.xattrs)
+            ops.extend(RemoveXattr(fid, n, path) for n in old_x if n not in new_x)
+            ops.extend(SetXattr(fid, n, scanned.xattr_values[n], path) for n, d in e.xattrs if old_x.get(n) != d)
         if e.mtime_ns != old.mtime_ns or fid in reread:
             utimes.append(Utimes(fid, scanned.atime_ns, e.mtime_ns, path))
     ops.extend(utimes)
