@@ -25,7 +25,6 @@ from typing import Iterator
 
 from rawsend.errors import SourceError
 from rawsend.incremental.digest import DIGEST_LEN, Digester
-from rawsend.sources.tree import SourceReport
 from rawsend.stream.records import MAX_NAME_LEN, ROOT_ID
 
 Name = tuple[int, bytes]                 # (parent file id, name); the root is (0, b"")
@@ -144,6 +143,23 @@ class Entry:
         return None
 
 
+@dataclass
+class ScanReport:
+    """What scan() counted, and what it has to say (as one line each) about single entries."""
+
+    files: int = 0
+    dirs: int = 0
+    symlinks: int = 0
+    hardlinks: int = 0
+    specials: int = 0
+    logical_bytes: int = 0
+    warnings: list[str] = field(default_factory=list)  # an entry that could not be read: send warns
+    notices: list[str] = field(default_factory=list)   # left out on purpose (sockets, other filesystems)
+
+    def warn(self, text: str) -> None:
+        self.warnings.append(text)
+
+
 @dataclass(slots=True)
 class Scanned:
     """An entry as found by scan(), with what a sender needs and STATE does not keep."""
@@ -166,7 +182,7 @@ class Scan:
     root: Path
     started_ns: int
     entries: dict[int, Scanned]
-    report: SourceReport
+    report: ScanReport
 
 
 class FileIds:
@@ -243,7 +259,7 @@ def birth_time(dir_fd: int, name: bytes) -> int:
 
 
 def scan(root: str | os.PathLike, ids: FileIds, digester: Digester, *, one_file_system: bool = True,
-         report: SourceReport | None = None, started_ns: int | None = None) -> Scan:
+         report: ScanReport | None = None, started_ns: int | None = None) -> Scan:
     """Walk ``root`` and return every inode under it with its file id.
 
     ``started_ns`` (default: now, taken before the walk) is the time the race guard of the
@@ -252,12 +268,12 @@ def scan(root: str | os.PathLike, ids: FileIds, digester: Digester, *, one_file_
     """
     if started_ns is None:
         started_ns = time.time_ns()
-    report = report or SourceReport()
+    report = report or ScanReport()
     return _Scanner(Path(root), ids, digester, one_file_system, report).run(started_ns)
 
 
 class _Scanner:
-    def __init__(self, root: Path, ids: FileIds, digester: Digester, one_fs: bool, report: SourceReport):
+    def __init__(self, root: Path, ids: FileIds, digester: Digester, one_fs: bool, report: ScanReport):
         self.root, self.ids, self.digester, self.one_fs, self.report = root, ids, digester, one_fs, report
         self.entries: dict[int, Scanned] = {}
         self.by_inode: dict[tuple[int, int], int] = {}   # non-directories: (dev, ino) -> file id
