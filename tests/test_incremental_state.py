@@ -297,3 +297,27 @@ def test_manifest_that_is_not_a_tree_is_refused(tmp_path, src):
         with pytest.raises(E.StateDamaged) as info:
             st.manifest(st.pick_parent())
     assert "file id 2 is in 3, which is not a directory" in str(info.value)
+
+
+def test_full_disk_while_recording_leaves_state_as_it_was(tmp_path, is_root):
+    if not is_root:
+        pytest.skip("mounting a small tmpfs needs root")
+    src = tmp_path / "src"
+    write(src / "f", b"f")
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(small)], check=True)
+    try:
+        p = small / "s.db"
+        s = Sender(p, src)
+        s.send()
+        for i in range(3000):
+            write(src / f"d{i % 30}" / f"a-rather-long-file-name-{i:05d}", b"x")
+        with pytest.raises(E.StateError) as info:
+            s.send()
+        assert type(info.value) is E.StateError and info.value.exit_code == 3
+        assert str(info.value).startswith("cannot use STATE: cannot write it: SQLite says: database or disk is full")
+        with State.open(p, src) as st:
+            assert len(st.streams()) == 1 and len(st.manifest(st.pick_parent())) == 2
+    finally:
+        subprocess.run(["umount", str(small)], check=True)

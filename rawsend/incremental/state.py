@@ -341,6 +341,10 @@ class _damage:
             return False
         if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
             raise StateLocked(f"SQLite says: {exc}", path=self.path) from None
+        if isinstance(exc, sqlite3.OperationalError):  # full disk, I/O error, read-only: not the file's fault
+            raise StateError(f"cannot write it: SQLite says: {exc}", path=self.path,
+                             hint="STATE is as it was before this send; free space or fix the disk, then send again"
+                             ) from None
         if isinstance(exc, sqlite3.Error):
             raise StateDamaged(f"SQLite says: {exc}", path=self.path) from None
         return False
