@@ -1,4 +1,4 @@
-"""Errors about a STATE file.  All are LocalError (exit 3) but a bad --parent (exit 2).
+"""Errors about a STATE file.  All are LocalError (exit 3) but a bad --parent, a UsageError (exit 2).
 
 They live here, beside the only code that raises them, and derive from the one tree in
 rawsend/errors.py, so the CLI maps them like every other error.
@@ -6,7 +6,7 @@ rawsend/errors.py, so the CLI maps them like every other error.
 
 from __future__ import annotations
 
-from rawsend.errors import LocalError
+from rawsend.errors import LocalError, UsageError
 
 
 class StateError(LocalError):
@@ -43,8 +43,7 @@ class StateLocked(StateError):
     hint = "wait for the other send to finish; a send that was killed leaves no lock behind"
 
 
-class UnknownParent(StateError):
+class UnknownParent(UsageError):
     """no such parent stream in STATE: {detail}"""
 
-    exit_code = 2
     hint = "give a prefix of a stream id that STATE lists (or no --parent for the newest)"
