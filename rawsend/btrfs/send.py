@@ -25,6 +25,7 @@ import ctypes
 import errno
 import fcntl
 import os
+import signal
 import tempfile
 import threading
 from dataclasses import dataclass
@@ -138,6 +139,10 @@ class _Attempt:
     def _ioctl(self, wfd: int) -> None:
         """Runs on the thread; closing wfd is what ends the reader's stream."""
         try:
+            # When the reader gives up and closes its end, the kernel's write fails with EPIPE
+            # and sends this thread SIGPIPE: blocked here, it cannot kill the process (whatever
+            # the process's SIGPIPE disposition) and is discarded when the thread ends.
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGPIPE})
             self.args.send_fd = wfd
             if ioctl(self.subvol_fd, BTRFS_IOC_SEND, ctypes.addressof(self.args)) < 0:
                 self.errno = ctypes.get_errno()
@@ -161,9 +166,11 @@ class _Attempt:
                 reader = SendStreamReader(tee)
                 count = sum(1 for _ in reader)
             except BtrfsStreamError:
-                _drain(pipe)             # let the ioctl finish instead of failing on EPIPE
+                # Stop the kernel at once (EPIPE) rather than read a restarted send to its end.
+                pipe.close()
                 thread.join()
-                self._raise_errno()      # a failed ioctl explains a short stream better
+                if self.errno not in (0, errno.EPIPE):
+                    self._raise_errno()  # a failed ioctl explains a short stream better
                 raise
             thread.join()
             self._raise_errno()
@@ -193,11 +200,6 @@ class _Tee:
                 raise OutputError(f"cannot write the send stream: {e.strerror}") from None
             self.count += len(data)
         return data
-
-
-def _drain(pipe) -> None:
-    while pipe.read(READ_BUFFER):
-        pass
 
 
 def _explain(err: OSError) -> str:
