@@ -364,6 +364,16 @@ def test_encoded_write_defaults_compression_and_encryption():
     assert (cmd["compression"], cmd["encryption"], len(cmd["data"])) == (0, 0, 33)
 
 
+def test_v3_enable_verity():
+    body = (_tlv(ss.A_PATH, b"f") + _tlv(ss.A_VERITY_ALGORITHM, b"\x01")
+            + _tlv(ss.A_VERITY_BLOCK_SIZE, struct.pack("<I", 4096)) + _tlv(ss.A_VERITY_SALT_DATA, b"salt"))
+    cmd = _commands(_header(3) + SUBVOL + _cmd(ss.ENABLE_VERITY, body) + END)[1]
+    assert (cmd.name, cmd["verity_algorithm"], cmd["verity_block_size"]) == ("enable_verity", 1, 4096)
+    assert (bytes(cmd["verity_salt_data"]), bytes(cmd["verity_sig_data"])) == (b"salt", b"")
+    e = _error(_header(2) + SUBVOL + _cmd(ss.ENABLE_VERITY, body) + END)
+    assert "unknown command 26 in a version 2 stream" in str(e)
+
+
 class _CountingReader(io.BytesIO):
     def __init__(self, data):
         super().__init__(data)

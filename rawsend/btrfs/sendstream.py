@@ -214,7 +214,10 @@ REQUIRED = {
 }
 
 # Optional attributes with the value a receiver must assume when they are absent.
-DEFAULTS = {ENCODED_WRITE: {"compression": 0, "encryption": 0}}
+DEFAULTS = {
+    ENCODED_WRITE: {"compression": 0, "encryption": 0},
+    ENABLE_VERITY: {"verity_salt_data": memoryview(b""), "verity_sig_data": memoryview(b"")},
+}
 
 
 @dataclass(frozen=True)
