@@ -220,6 +220,21 @@ def test_tree_refuses_a_name_that_exists_and_a_full_rmdir():
         tree.apply(ss.SendCommand(5, 90, ss.RENAME, {"path": b"d/f", "path_to": b"d/.."}))
 
 
+def test_tree_refuses_a_directory_moved_into_itself_and_the_root_removed():
+    tree = SendTree()
+    tree.apply(ss.SendCommand(1, 17, ss.MKDIR, {"path": b"d", "ino": 257}))
+    tree.apply(ss.SendCommand(2, 40, ss.MKDIR, {"path": b"d/e", "ino": 258}))
+    for path_to in (b"d/e/d", b"d/d"):
+        with pytest.raises(BtrfsTreeError, match=r"rename of b'd' into itself \(b'd/"):
+            tree.apply(ss.SendCommand(3, 60, ss.RENAME, {"path": b"d", "path_to": path_to}))
+    for cmd in (ss.RMDIR, ss.UNLINK):
+        with pytest.raises(BtrfsTreeError, match=r"of the subvolume root \(at record 4"):
+            tree.apply(ss.SendCommand(4, 80, cmd, {"path": b""}))
+    with pytest.raises(BtrfsTreeError, match=r"rename of the subvolume root"):
+        tree.apply(ss.SendCommand(5, 90, ss.RENAME, {"path": b"", "path_to": b"x"}))
+    assert tree.walk() == {b"d": 257, b"d/e": 258}
+
+
 # -- damaged streams, built command by command ------------------------------------------------
 
 def _tlv(atype: int, value: bytes) -> bytes:
@@ -274,6 +289,12 @@ def test_bad_magic():
 def test_short_header():
     e = _error(ss.MAGIC[:5])
     assert str(e).startswith("btrfs send stream ends early: 5 bytes, shorter than the 17-byte stream"
+                             " header (at record 0, byte offset 0)")
+
+
+def test_header_cut_in_its_version():
+    e = _error(ss.MAGIC + b"\1\0")
+    assert str(e).startswith("btrfs send stream ends early: 15 bytes, shorter than the 17-byte stream"
                              " header (at record 0, byte offset 0)")
 
 

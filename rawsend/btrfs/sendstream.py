@@ -293,10 +293,10 @@ class SendStreamReader:
         self.index = 0
         self.ended = False
         head = self._read(STREAM_HEADER.size)
-        if len(head) < STREAM_HEADER.size or not head.startswith(MAGIC):
-            if MAGIC.startswith(head):
-                raise BtrfsTruncatedStream(f"{len(head)} bytes, shorter than the 17-byte stream header",
-                                           record=0, offset=0)
+        if len(head) < STREAM_HEADER.size and (MAGIC.startswith(head) or head.startswith(MAGIC)):
+            raise BtrfsTruncatedStream(f"{len(head)} bytes, shorter than the 17-byte stream header",
+                                       record=0, offset=0)
+        if not head.startswith(MAGIC):
             raise BtrfsBadMagic(f"first bytes are {bytes(head[:13])!r}, not {MAGIC!r}",
                                 record=0, offset=0)
         _, self.version = STREAM_HEADER.unpack(head)

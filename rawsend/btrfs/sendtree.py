@@ -62,7 +62,9 @@ class SendTree:
         root = os.fsencode(root)
         root_dev = os.lstat(root).st_dev
 
-        def walk(path: bytes, ino: int) -> None:
+        pending = [(root, ROOT_INO)]       # a stack, not recursion: trees can be deep
+        while pending:
+            path, ino = pending.pop()
             with os.scandir(path) as it:
                 for entry in it:
                     st = entry.stat(follow_symlinks=False)
@@ -72,9 +74,7 @@ class SendTree:
                     child = tree.inodes.setdefault(st.st_ino, Inode(st.st_ino, kind))
                     tree._link(child, ino, entry.name)
                     if kind == "dir":
-                        walk(entry.path, st.st_ino)
-
-        walk(root, ROOT_INO)
+                        pending.append((entry.path, st.st_ino))
         return tree
 
     # -- queries ------------------------------------------------------------------
@@ -128,8 +128,11 @@ class SendTree:
         if cmd.cmd in KIND_BY_COMMAND:
             return self._create(cmd)
         if cmd.cmd == ss.RENAME:
-            ino = self._existing(cmd, cmd["path"])
+            ino = self._existing(cmd, cmd["path"], removing=True)
             parent, name = self._free_slot(cmd, cmd["path_to"])
+            if self._is_within(parent, ino):
+                raise BtrfsTreeError(f"rename of {cmd['path']!r} into itself ({cmd['path_to']!r})",
+                                     record=cmd.index, offset=cmd.offset)
             self._unlink(self.inodes[ino], cmd["path"])
             self._link(self.inodes[ino], parent, name)
             return ino
@@ -143,7 +146,7 @@ class SendTree:
             self._link(self.inodes[ino], parent, name)
             return ino
         if cmd.cmd in (ss.UNLINK, ss.RMDIR):
-            ino = self._existing(cmd, cmd["path"])
+            ino = self._existing(cmd, cmd["path"], removing=True)
             inode = self.inodes[ino]
             if (cmd.cmd == ss.RMDIR) != (inode.kind == "dir"):
                 raise BtrfsTreeError(f"{cmd.name} of {cmd['path']!r}, which is a {inode.kind}",
@@ -171,7 +174,9 @@ class SendTree:
         self._link(inode, parent, name)
         return ino
 
-    def _existing(self, cmd: ss.SendCommand, path: bytes) -> int:
+    def _existing(self, cmd: ss.SendCommand, path: bytes, removing: bool = False) -> int:
+        if removing and path == b"":
+            raise BtrfsTreeError(f"{cmd.name} of the subvolume root", record=cmd.index, offset=cmd.offset)
         ino = self.lookup(path)
         if ino is None:
             raise BtrfsTreeError(f"{cmd.name}: no file at {path!r}", record=cmd.index, offset=cmd.offset)
@@ -190,6 +195,15 @@ class SendTree:
         if name in self.inodes[parent].children:
             raise BtrfsTreeError(f"{cmd.name}: {path!r} exists", record=cmd.index, offset=cmd.offset)
         return parent, name
+
+    def _is_within(self, ino: int, ancestor: int) -> bool:
+        """Whether directory `ino` is `ancestor` or below it (a move there would make a cycle)."""
+        while True:
+            if ino == ancestor:
+                return True
+            if ino == ROOT_INO:
+                return False
+            ino = next(iter(self.inodes[ino].links))[0]
 
     def _link(self, inode: Inode, parent: int, name: bytes) -> None:
         self.inodes[parent].children[name] = inode.ino
