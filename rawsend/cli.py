@@ -282,7 +282,7 @@ def _btrfs_send_summary(report) -> str:
 # -- receive ------------------------------------------------------------------------------------
 
 @main.command()
-@click.argument("dest", type=click.Path(file_okay=False))
+@click.argument("dest", type=click.Path())
 @click.option("-f", "--file", "input_path", type=click.Path(dir_okay=False, allow_dash=True, readable=False),
               help="Read the stream from FILE instead of stdin.")
 @click.option("--key-file", "key_files", multiple=True, type=click.Path(readable=False),

@@ -9,6 +9,7 @@ checked (spec section "Receiving").
 
 from __future__ import annotations
 
+import errno
 import os
 import secrets
 import shutil
@@ -80,11 +81,77 @@ def clean_stale_temps(dest: Path) -> list[Path]:
     return removed
 
 
-def _empty_dir(p: Path) -> bool:
+NEW_PATH = "choose a new directory; receive never overwrites"
+NO_FOLLOW = "receive never follows a symlink at DEST"
+
+
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISREG, "a regular file"), (stat.S_ISDIR, "a directory"),
+                       (stat.S_ISLNK, "a symlink"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISCHR, "a character device")):
+        if test(mode):
+            return name
+    return "not a directory"
+
+
+def _check_parent(parent: Path) -> None:
+    """DestinationError saying what is wrong with the directory DEST is to be made in, if anything."""
     try:
-        return p.is_dir() and not any(os.scandir(p))
-    except OSError:
-        return False
+        st = os.stat(parent)
+    except FileNotFoundError:
+        raise DestinationError("its parent directory does not exist", path=str(parent),
+                               hint="create it first; receive makes DEST only") from None
+    except NotADirectoryError:
+        # an ancestor is a file (or the like): name the first one, from the top
+        for up in [*reversed(parent.parents), parent]:
+            try:
+                kind = os.stat(up).st_mode
+            except OSError:
+                break
+            if not stat.S_ISDIR(kind):
+                raise DestinationError(f"its parent path goes through {_kind(kind)}, not a directory",
+                                       path=str(up), hint="give a DEST whose parent is a directory") from None
+        raise DestinationError("its parent path is not a directory", path=str(parent)) from None
+    except OSError as e:  # EACCES: a directory above cannot be searched; ELOOP
+        raise DestinationError(f"its parent directory cannot be reached: {e.strerror}", path=str(parent)) from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise DestinationError(f"its parent is {_kind(st.st_mode)}, not a directory", path=str(parent),
+                               hint="give a DEST whose parent is a directory")
+
+
+def _check_dest(dest: Path) -> None:
+    """DestinationError unless ``dest`` is absent or an empty directory (not through a symlink)."""
+    try:
+        st = os.lstat(dest)
+    except FileNotFoundError:
+        return
+    except OSError as e:
+        raise DestinationError(f"it cannot be looked at: {e.strerror}", path=str(dest)) from None
+    if stat.S_ISLNK(st.st_mode):
+        target = os.readlink(dest)
+        try:
+            pointed = os.stat(dest)
+        except FileNotFoundError:
+            raise DestinationError(f"it is a symlink to {target!r}, which does not exist", path=str(dest),
+                                   hint=f"{NO_FOLLOW}: remove it or choose a new directory") from None
+        except OSError as e:
+            raise DestinationError(f"it is a symlink to {target!r}, which cannot be reached: {e.strerror}",
+                                   path=str(dest), hint=f"{NO_FOLLOW}: choose a new directory") from None
+        where = (f"name {os.path.realpath(dest)!r} itself, or a new directory" if stat.S_ISDIR(pointed.st_mode)
+                 else "choose a new directory")
+        raise DestinationError(f"it is a symlink to {target!r}, {_kind(pointed.st_mode)}", path=str(dest),
+                               hint=f"{NO_FOLLOW}: {where}")
+    if not stat.S_ISDIR(st.st_mode):
+        raise DestinationError(f"it exists and is {_kind(st.st_mode)}, not a directory", path=str(dest),
+                               hint=NEW_PATH)
+    try:
+        with os.scandir(dest) as entries:
+            empty = next(entries, None) is None
+    except OSError as e:
+        raise DestinationError(f"it is a directory that cannot be listed: {e.strerror}", path=str(dest),
+                               hint="receive fills only an empty directory") from None
+    if not empty:
+        raise DestinationError("it exists and is not an empty directory", path=str(dest), hint=NEW_PATH)
 
 
 class Namespace:
@@ -100,16 +167,20 @@ class Namespace:
     def begin(self) -> int:
         """Check DEST, create the temporary directory; its fd (the root's)."""
         parent = self.dest.parent
-        if not parent.is_dir():
-            raise DestinationError("its parent directory does not exist", path=str(parent))
-        if self.dest.is_symlink() or (self.dest.exists() and not _empty_dir(self.dest)):
-            raise DestinationError("it exists and is not an empty directory", path=str(self.dest),
-                                   hint="choose a new directory; receive never overwrites")
+        _check_parent(parent)
+        _check_dest(self.dest)
         clean_stale_temps(self.dest)
         self.temp = parent / f".{self.dest.name}{TEMP_MARK}{os.getpid()}-{secrets.token_hex(4)}"
         try:
             os.mkdir(self.temp, 0o700)
         except OSError as e:
+            if e.errno in (errno.EACCES, errno.EPERM):
+                raise DestinationError("its parent directory is not writable", path=str(parent),
+                                       hint="receive builds the tree beside DEST, then renames it: "
+                                            "choose a DEST in a directory you can write") from None
+            if e.errno == errno.EROFS:
+                raise DestinationError("its parent directory is on a read-only filesystem",
+                                       path=str(parent)) from None
             raise DestinationError(f"cannot create a temporary directory: {e.strerror}",
                                    path=str(self.temp)) from None
         fd = os.open(self.temp, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
