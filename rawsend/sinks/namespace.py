@@ -91,7 +91,7 @@ def _kind(mode: int) -> str:
                        (stat.S_ISBLK, "a block device"), (stat.S_ISCHR, "a character device")):
         if test(mode):
             return name
-    return "not a directory"
+    return "an unknown kind of file"
 
 
 def _check_parent(parent: Path) -> None:
@@ -128,7 +128,11 @@ def _check_dest(dest: Path) -> None:
     except OSError as e:
         raise DestinationError(f"it cannot be looked at: {e.strerror}", path=str(dest)) from None
     if stat.S_ISLNK(st.st_mode):
-        target = os.readlink(dest)
+        try:
+            target = os.readlink(dest)
+        except OSError as e:  # replaced or removed since the lstat
+            raise DestinationError(f"it is a symlink that cannot be read: {e.strerror}", path=str(dest),
+                                   hint=f"{NO_FOLLOW}: choose a new directory") from None
         try:
             pointed = os.stat(dest)
         except FileNotFoundError:
