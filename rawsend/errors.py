@@ -146,6 +146,19 @@ class AuthenticationFailed(StreamError):
     hint = "the stream was altered or the key is wrong; do not trust this stream"
 
 
+class SignatureError(DamagedInput):
+    """bad signature file: {detail}"""
+
+    hint = "the signature file is damaged or not a minisign signature; sign the stream again"
+
+
+class SignatureMismatch(DamagedInput):
+    """signature does not match: {detail}"""
+
+    # the signer's key id matched: the bytes, or the signature itself, are not what was signed
+    hint = "the stream or its signature was altered (or the public key file is damaged); do not trust this stream"
+
+
 class StoreDamaged(DamagedInput):
     """store is damaged: {detail}"""
 
@@ -216,6 +229,12 @@ class WrongKey(KeyProblem):
 
 class KeyFileError(KeyProblem):
     """bad key file: {detail}"""
+
+
+class UnknownSigner(KeyProblem):
+    """signed by none of the given signers: {detail}"""
+
+    hint = "pass the public key of that key id with --signer, or do not trust this stream"
 
 
 # -- standard output closed by its reader: exit 141 ------------------------------------
