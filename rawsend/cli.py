@@ -23,8 +23,8 @@ from rawsend import __version__
 from rawsend.errors import (
     InternalError, Interrupted, LocalError, OutputClosed, OutputError, RawsendError, SendWarning, SourceError,
 )
-from rawsend.stream.records import Compression
-from rawsend.text import echo, json_line
+from rawsend.stream.records import Compression, RecordType
+from rawsend.text import echo, json_line, quote
 
 F_SETPIPE_SZ = 1031
 PIPE_SIZE = 1 << 20  # a 1 MiB pipe moves about 3x more than the default 64 KiB one
@@ -496,13 +496,18 @@ def dump(stream_file, as_json, key_files):
               help="Authenticate an encrypted stream with this key.")
 @click.option("--stream", "stream_id", default=None,
               help="When given a store: check only this stream (a unique prefix of its id).")
-def verify(stream_file, key_files, stream_id):
+@click.option("--signer", "signers", multiple=True, type=click.Path(readable=False),
+              help="Public signing key (repeatable: any of them): STREAM_FILE.minisig must be its signature.")
+def verify(stream_file, key_files, stream_id, signers):
     """Check a stream's framing, every CRC, the digest and END; decode every payload.
 
     Given a store directory, check every stored stream (no key needed).
     """
     from rawsend.pipeline import NullSink, receive as do_receive
 
+    if signers:
+        _verify_signed(stream_file, signers, key_files, stream_id)
+        return
     if stream_file != "-" and os.path.isdir(stream_file):
         _verify_store(stream_file, stream_id, key_files)
         return
@@ -532,10 +537,15 @@ def _verdict(stats, summary: str) -> str:
 @main.command()
 @click.option("-o", "--output", type=click.Path(dir_okay=False),
               help="Create this key file (mode 0600; never overwrites). Default: stdout.")
-def keygen(output):
+@click.option("--sign", "signing", is_flag=True,
+              help="Make an Ed25519 signing key pair instead (minisign format): -o NAME and NAME.pub.")
+def keygen(output, signing):
     """Make a new 256-bit key and print its key id on stderr."""
     from rawsend.codecs.keys import format_key, new_key, write_key_file
 
+    if signing:
+        _keygen_sign(output)
+        return
     key = new_key()
     if output:
         write_key_file(output, key)
@@ -543,6 +553,92 @@ def keygen(output):
         sys.stdout.buffer.write(format_key(key.secret))
         sys.stdout.buffer.flush()
     _err(f"key id {key.key_id_hex}" + (f" written to {output}" if output else ""))
+
+
+def _keygen_sign(output) -> None:
+    from rawsend.codecs import signing
+
+    if not output:
+        raise click.UsageError("keygen --sign needs -o NAME: it writes the secret key NAME and the public key NAME.pub")
+    secret = signing.new_secret_key()
+    sk_path, pk_path = signing.write_key_pair(output, secret)
+    _err(f"signing key id {secret.key_id_hex}: secret key {sk_path} (mode 0600, not encrypted: keep it private),"
+         f" public key {pk_path}")
+
+
+@main.command("sign")
+@click.argument("stream_file", type=click.Path(dir_okay=False, readable=False))
+@click.option("-k", "--key", "key_path", required=True, type=click.Path(readable=False),
+              help="Secret signing key (from keygen --sign, or minisign -G -W).")
+@click.option("-o", "--output", type=click.Path(dir_okay=False),
+              help="Write the signature here (default: STREAM_FILE.minisig).")
+def sign(stream_file, key_path, output):
+    """Check the stream file STREAM_FILE, then sign every byte of it (a minisign .minisig)."""
+    from rawsend.codecs import signing
+
+    if stream_file == "-":
+        raise click.UsageError("sign needs a stream file: its signature goes beside it")
+    secret = signing.load_secret_key(key_path, warn=_warn)
+    output = output or stream_file + ".minisig"
+    hashed, seen = _check_hashed(stream_file, ())
+    comment = signing.trusted_comment(os.path.basename(stream_file), seen["header"].stream_id,
+                                      seen["end"].digest, hashed.size)
+    signing.write_signature(output, signing.signature_file(secret, hashed.digest(), comment))
+    _err(f"signed {stream_file} (stream {seen['header'].stream_id.hex()}, {hashed.size} bytes) with key id"
+         f" {secret.key_id_hex}: {output}")
+
+
+def _check_hashed(stream_file, key_files, on_damage=None):
+    """The usual verify of a stream file, hashing every byte it reads; then the HEADER and END it found."""
+    from rawsend.codecs.signing import HashingReader
+    from rawsend.errors import DamagedInput
+    from rawsend.pipeline import NullSink, receive as do_receive
+
+    seen = {"header": None, "end": None}
+
+    def keep(raw, rec):
+        if raw.index == 0:
+            seen["header"] = rec
+        elif raw.type == RecordType.END:
+            seen["end"] = rec
+
+    with _open_input(stream_file) as stream:
+        hashed = HashingReader(stream)
+        try:
+            seen["stats"] = do_receive(hashed, NullSink(), keyring=_load_keyring(key_files), require_key=False,
+                                       on_record=keep)
+        except DamagedInput:
+            if on_damage is not None:  # a signature mismatch says more than the first damage found
+                hashed.drain()
+                on_damage(hashed, seen["header"])
+            raise
+        hashed.drain()
+    return hashed, seen
+
+
+def _verify_signed(stream_file, signers, key_files, stream_id) -> None:
+    """verify --signer: the signature beside the stream names a given signer and covers every byte read."""
+    from rawsend.codecs import signing
+
+    if stream_file == "-" or os.path.isdir(stream_file) or stream_id is not None:
+        raise click.UsageError("--signer needs a stream file: its signature is read from FILE.minisig beside it")
+    keys = [signing.load_public_key(p) for p in signers]
+    sig = signing.load_signature(stream_file + ".minisig")
+    signer = signing.signer_of(sig, keys)
+
+    def check(hashed, header):
+        signing.check_file(sig, signer, hashed.digest(), hashed.size, stream_file,
+                           header.stream_id if header is not None else None)
+
+    hashed, seen = _check_hashed(stream_file, key_files, on_damage=check)
+    check(hashed, seen["header"])
+    echo(f"signed by key id {signer.key_id_hex} ({signer.path}): every byte is as signed"
+         f" ({hashed.size} bytes, BLAKE2b-512); trusted comment: {quote(sig.trusted_comment)}")
+    stats = seen["stats"]
+    sealed = stats.encrypted and not stats.authenticated
+    files = "unknown files and dirs (sealed)" if sealed else f"{stats.files} files, {stats.dirs} dirs"
+    echo(_verdict(stats, f"{stats.records} records, {files}, {_human(stats.logical_bytes)} logical, "
+                         f"{_human(stats.stream_bytes)} stream"))
 
 
 @main.command()
