@@ -64,6 +64,10 @@ def new_key() -> Key:
 def parse_key(data: bytes, path: str | None = None) -> Key:
     """Strictly parse a key file's bytes: exact prefix, 64 lowercase hex digits, one newline."""
     where = dict(path=path)
+    if data.startswith(b"untrusted comment: "):  # minisign's first line: NAME or NAME.pub of keygen --sign
+        raise KeyFileError("it is a signing key (minisign format), not an encryption key", **where,
+                           hint="give a key file written by 'rawsend keygen' without --sign; signing keys"
+                                " are for 'rawsend sign -k' and 'rawsend verify --signer'")
     if not data.startswith(KEY_PREFIX):
         raise KeyFileError("it does not start with 'RAWSEND-KEY-1 '", **where,
                            hint="give a file written by 'rawsend keygen'")
