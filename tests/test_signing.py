@@ -207,6 +207,10 @@ def test_damaged_and_missing_signature_files(work, tmp_path):
            f"bad signature file: it is a legacy signature (algorithm 'Ed') of the raw file; rawsend checks only"
            f" prehashed ones ('ED', BLAKE2b-512 of the file) (at path '{sig}'); sign again with 'rawsend sign'"
            f" or 'minisign -S' without -l")
+    sig.write_bytes(b"\n".join(lines[:2] + [lines[2] + b"\x1b[2J"] + lines[3:]))
+    _fails(run_rawsend("verify", "--signer", pub, str(stream)), 1,
+           f"bad signature file: the trusted comment holds a control character (at path '{sig}'); the signature"
+           f" file is damaged or not a minisign signature; sign the stream again")
     sig.write_bytes(b"\n".join(lines[:3]) + b"\n")
     _fails(run_rawsend("verify", "--signer", pub, str(stream)), 1,
            f"bad signature file: the signature file has 3 lines, expected 4 (at path '{sig}'); the signature"

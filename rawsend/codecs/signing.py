@@ -125,7 +125,7 @@ def new_secret_key() -> SecretKey:
 
 # -- reading files ------------------------------------------------------------------------------
 
-def _read_small(path: str, cap: int, error, what: str) -> bytes:
+def _read_small(path: str, cap: int, error, what: str) -> tuple[bytes, os.stat_result]:
     """At most cap + 1 bytes of a regular file or pipe; ``error`` names what cannot be read."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
@@ -395,8 +395,12 @@ def load_signature(path: str) -> Signature:
     if not trusted.startswith(TRUSTED_PREFIX):
         raise SignatureError("line 3 does not start with 'trusted comment: '", path=path)
     comment = trusted[len(TRUSTED_PREFIX):]
+    if len(untrusted) + 1 >= MAX_COMMENT_LINE:
+        raise SignatureError(f"the untrusted comment is {len(untrusted)} bytes, over minisign's limit", path=path)
     if len(trusted) + 1 >= MAX_TRUSTED_LINE:
         raise SignatureError(f"the trusted comment is {len(comment)} bytes, over minisign's limit", path=path)
+    if any(c < 0x20 and c != 0x09 or c == 0x7F for c in comment):  # as minisign's is_printable
+        raise SignatureError("the trusted comment holds a control character", path=path)
     alg, key_id, sig = SIGNATURE.unpack(_decode(encoded, SIGNATURE.size, SignatureError, path, "signature (line 2)"))
     global_sig = _decode(encoded_global, GLOBAL_SIG_LEN, SignatureError, path, "comment signature (line 4)")
     if alg == SIG_ALG:
