@@ -125,6 +125,20 @@ def test_sign_then_verify_names_the_signer_and_every_byte(work, tmp_path):
     assert second.startswith("OK: 7 records, 2 files, 1 dirs")
 
 
+def test_an_encrypted_stream_is_signed_and_checked_without_its_key(work, tmp_path):
+    key = tmp_path / "backup.key"
+    shutil.copyfile(work / "backup.key", key)
+    key.chmod(0o600)
+    stream = tmp_path / "enc.rs"
+    _ok(run_rawsend("send", "--no-progress", "--encrypt", str(key), "-o", str(stream), str(work / "one")))
+    _ok(run_rawsend("sign", str(stream), "-k", str(work / "alice")))
+    keyless = _ok(run_rawsend("verify", "--signer", str(work / "alice.pub"), str(stream))).stdout.decode()
+    assert keyless.splitlines()[0].startswith("signed by key id ")
+    assert keyless.splitlines()[1].startswith("intact, NOT authenticated (encrypted; no key given;")
+    keyed = _ok(run_rawsend("verify", "--signer", str(work / "alice.pub"), "--key-file", str(key), str(stream)))
+    assert keyed.stdout.decode().splitlines()[1].startswith("OK, authenticated: ")
+
+
 def test_sign_refuses_a_damaged_stream_and_writes_no_signature(work, tmp_path):
     stream = _copy(work, tmp_path)
     data = bytearray(stream.read_bytes())
