@@ -10,6 +10,8 @@ import stat
 from datetime import datetime, timezone
 
 from rawsend import text
+from rawsend.errors import RawsendError
+from rawsend.stream.checked import CheckedReader, EndEvent, HeaderEvent, RecordEvent
 from rawsend.stream.reader import RawRecord
 from rawsend.stream.records import (
     ROOT_ID, VERSION, Cipher, Compression, Create, End, Extent, Feature, Header, Link, RecordType, SetXattr,
@@ -118,3 +120,32 @@ def _text_value(v) -> str:
     if isinstance(v, bytes):
         return text.quote(v)
     return "?" if v is None else str(v)
+
+
+def shown(event):
+    """The (raw record, typed record) pair a Dumper shows for one checked event."""
+    if isinstance(event, HeaderEvent):
+        return event.raw, event.header
+    if isinstance(event, RecordEvent):
+        return event.raw, event.record
+    if isinstance(event, EndEvent):
+        return event.raw, event.end
+    return event.raw, None  # sealed without the key, or skipped
+
+
+def dump_stream(stream, show, keyring=None, limits=None) -> None:
+    """Check ``stream`` as verify does and call ``show(raw, rec)`` for each record, in order.
+
+    A record whose body was understood is shown even when a later check of it fails,
+    so the last line before an error is the record the error names.
+    """
+    from rawsend.pipeline import NullSink, ReceiveStats, deliver
+
+    reader = CheckedReader(stream, keyring, require_key=False, limits=limits)
+    try:
+        for event in deliver(reader, NullSink(), ReceiveStats()):
+            show(*shown(event))
+    except RawsendError:
+        if reader.pending is not None:
+            show(*reader.pending)
+        raise

@@ -13,17 +13,14 @@ import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, NamedTuple
+from typing import Callable, Iterable, Iterator, NamedTuple
 
 from rawsend.codecs.compress import compress, decode
-from rawsend.codecs.crypto import check_sealing
-from rawsend.errors import KeyMissing, MalformedRecord, RawsendError, WrongKey
+from rawsend.errors import RawsendError
 from rawsend.sources.tree import DataChunk, EncodedChunk
-from rawsend.stream.checker import Limits, StreamChecker, check_extent_features
-from rawsend.stream.reader import RawRecord, StreamReader
-from rawsend.stream.records import (
-    FLAG_SEALED, Compression, Create, Extent, Feature, Header, RecordType, unpack_body,
-)
+from rawsend.stream.checked import CheckedReader, EndEvent, HeaderEvent, RecordEvent, SealedEvent
+from rawsend.stream.checker import Limits
+from rawsend.stream.records import FLAG_SEALED, Compression, Create, Extent, Feature, Header, RecordType
 from rawsend.stream.writer import StreamWriter
 
 INLINE_BELOW = 16 * 1024  # chunks this small are cheaper to encode than to hand to a thread
@@ -192,8 +189,32 @@ _CREATE_COUNTERS = {RecordType.MKDIR: "dirs", RecordType.MKFILE: "files",
                     RecordType.SYMLINK: "symlinks", RecordType.MKNOD: "specials"}
 
 
+def count(stats: ReceiveStats, event) -> None:
+    """Add one checked event to ``stats``."""
+    if isinstance(event, HeaderEvent):
+        stats.encrypted = event.header.encrypted
+    elif isinstance(event, SealedEvent):
+        stats.sealed_skipped += 1
+    elif isinstance(event, RecordEvent):
+        rec = event.record
+        if isinstance(rec, Extent):
+            stats.extents += 1
+            stats.payload_bytes += rec.disk_num_bytes
+            stats.logical_bytes += rec.num_bytes
+            name = Compression.NAMES[rec.compression]
+            stats.by_compression[name] = stats.by_compression.get(name, 0) + 1
+        elif isinstance(rec, Create):
+            setattr(stats, _CREATE_COUNTERS[rec.type], getattr(stats, _CREATE_COUNTERS[rec.type]) + 1)
+        elif rec.type == RecordType.LINK:
+            stats.hardlinks += 1
+        elif rec.type == RecordType.SET_XATTR:
+            stats.xattrs += 1
+    elif isinstance(event, EndEvent):
+        stats.authenticated = event.authenticated
+
+
 def receive(stream, sink, *, keyring=None, limits: Limits | None = None, require_key: bool = True,
-            on_record: Callable[[RawRecord, object], None] | None = None, progress=None) -> ReceiveStats:
+            progress=None) -> ReceiveStats:
     """Read a whole stream, check it, and hand every record to ``sink``.
 
     ``sink`` gets ``begin(header)``, ``create``, ``link``, ``xattr``,
@@ -202,114 +223,51 @@ def receive(stream, sink, *, keyring=None, limits: Limits | None = None, require
     reader (``require_key=False``) of an encrypted stream checks framing,
     CRCs, digest and the clear extent fields only.
     """
-    reader = StreamReader(stream)
-    checker = StreamChecker(limits or Limits())
+    reader = CheckedReader(stream, keyring, require_key=require_key, limits=limits)
     stats = ReceiveStats()
-    opener = None
+    for _ in deliver(reader, sink, stats, progress):
+        pass
+    return stats
+
+
+def deliver(reader: CheckedReader, sink, stats: ReceiveStats, progress=None) -> Iterator:
+    """Hand each checked event of ``reader`` to ``sink``; yield it first, so the caller sees it
+    (dump shows it, a store checks it) before the sink acts on it."""
     try:
-        for raw in reader:
-            if raw.type == RecordType.HEADER:
-                header = reader.header
-                stats.encrypted = header.encrypted
-                if header.encrypted:
-                    opener = keyring.opener(header) if keyring is not None else None
-                    if opener is None and keyring is not None:
-                        # keys were given, to open or to authenticate: a keyless check is not what was asked
-                        raise WrongKey.for_stream(header.key_id.hex(), keyring.key_ids, offset=raw.offset)
-                    if opener is None and require_key:
-                        raise KeyMissing(f"it needs key id {header.key_id.hex()}", record=0, offset=raw.offset)
-                if on_record:
-                    on_record(raw, header)
-                sink.begin(header)
-                continue
-            if raw.type == RecordType.END:
-                if opener is not None:
-                    opener.check_end(reader.header_body, reader.end, raw.index, raw.offset)
-                    stats.authenticated = True
-                if opener is not None or not stats.encrypted:
-                    checker.finish(raw.index, raw.offset)
+        for event in reader:
+            count(stats, event)
+            yield event
+            if isinstance(event, HeaderEvent):
+                sink.begin(event.header)
+            elif isinstance(event, RecordEvent):
+                _apply(event, sink)
+                if progress and isinstance(event.record, Extent):
+                    progress(event.record.num_bytes)
+            elif isinstance(event, EndEvent):
                 stats.records = reader.record_count + 1
                 stats.stream_bytes = reader.offset
-                if on_record:
-                    on_record(raw, reader.end)
                 sink.commit()
-                return stats
-            if raw.type not in RecordType.NAMES:
-                check_sealing(reader.header, raw)
-                if opener is not None:
-                    opener.open_metadata(raw)  # authenticated like any record, then skipped
-                if on_record:
-                    on_record(raw, None)
-                continue  # skippable record of a later version
-            rec = _record(raw, opener, stats, reader.header)
-            if on_record:
-                on_record(raw, rec)
-            if rec is None:
-                continue
-            try:
-                if opener is not None or not stats.encrypted:  # keyless: no names, so no tree to check
-                    checker.check(rec, raw.index)
-            except RawsendError as e:
-                e.locate(raw.index, raw.offset)
-                raise
-            _apply(rec, raw, sink, opener, stats)
-            if progress and isinstance(rec, Extent):
-                progress(rec.num_bytes)
     except BaseException:
         sink.abort()
         raise
-    raise AssertionError("unreachable: the reader ends with END or an error")
 
 
-def _record(raw: RawRecord, opener, stats: ReceiveStats, header: Header):
-    """Typed record, or None when a keyless reader meets a sealed body."""
-    try:
-        check_sealing(header, raw)
-        if raw.flags & FLAG_SEALED:
-            if opener is None:
-                stats.sealed_skipped += 1
-                return None
-            return unpack_body(raw.type, opener.open_metadata(raw))
-        rec = unpack_body(raw.type, raw.body)
-        if isinstance(rec, Extent):
-            check_sealing(header, raw, rec)  # its encryption fields agree with the header
-            check_extent_features(header, rec)
-        return rec
-    except RawsendError as e:
-        e.locate(raw.index, raw.offset)
-        raise
-
-
-def _apply(rec, raw: RawRecord, sink, opener, stats: ReceiveStats) -> None:
+def _apply(event: RecordEvent, sink) -> None:
+    rec, raw = event.record, event.raw
     try:
         if isinstance(rec, Extent):
-            if len(raw.payload) != rec.disk_num_bytes:
-                raise MalformedRecord(f"payload is {len(raw.payload)} bytes, disk_num_bytes says"
-                                      f" {rec.disk_num_bytes}")
-            stats.extents += 1
-            stats.payload_bytes += rec.disk_num_bytes
-            stats.logical_bytes += rec.num_bytes
-            name = Compression.NAMES[rec.compression]
-            stats.by_compression[name] = stats.by_compression.get(name, 0) + 1
-            if rec.encryption:
-                if opener is None:
-                    return
-                payload = opener.open_extent(raw.index, rec, raw.payload, raw.offset)
-            else:
-                payload = raw.payload
+            if event.payload is None:
+                return  # sealed, and no key to open it
             if sink.wants_encoded(rec):
-                sink.extent_encoded(rec, payload)
+                sink.extent_encoded(rec, event.payload)
             else:
-                data = decode(payload, rec.compression, rec.unencoded_len)
+                data = decode(event.payload, rec.compression, rec.unencoded_len)
                 sink.extent(rec, memoryview(data)[rec.unencoded_offset:rec.unencoded_offset + rec.num_bytes])
         elif isinstance(rec, Create):
-            setattr(stats, _CREATE_COUNTERS[rec.type], getattr(stats, _CREATE_COUNTERS[rec.type]) + 1)
             sink.create(rec)
         elif rec.type == RecordType.LINK:
-            stats.hardlinks += 1
             sink.link(rec)
         elif rec.type == RecordType.SET_XATTR:
-            stats.xattrs += 1
             sink.xattr(rec)
     except RawsendError as e:
         e.locate(raw.index, raw.offset)

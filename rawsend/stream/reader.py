@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import BinaryIO, Iterator
+from typing import BinaryIO, Callable, Iterator
 
 from crc32c import crc32c
 
@@ -52,8 +52,9 @@ class RawRecord:
 class StreamReader:
     """Iterate over a stream's records.  After iteration, ``end`` holds the checked END."""
 
-    def __init__(self, stream: BinaryIO):
+    def __init__(self, stream: BinaryIO, on_end: Callable[[RawRecord, End], None] | None = None):
         self._stream = stream
+        self._on_end = on_end  # END's further checks (its MAC), before the check that nothing follows
         self._payload_buf = bytearray(MAX_PAYLOAD_LEN)
         self._digest = hashlib.sha256()
         self.offset = 0
@@ -210,6 +211,8 @@ class StreamReader:
         if end.digest != self.digest:
             raise DigestMismatch("END digest differs from the digest of the stream",
                                  record=rec.index, offset=rec.offset)
+        if self._on_end is not None:
+            self._on_end(rec, end)
         extra = self._stream.read(1)
         if extra:
             raise TrailingData("bytes follow the END record", record=rec.index + 1, offset=self.offset,
