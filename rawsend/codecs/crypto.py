@@ -108,8 +108,7 @@ def check_sealing(header: Header, raw, extent: Extent | None = None) -> None:
                 raise MalformedRecord(f"extent names key id {extent.key_id.hex()}, the stream's key id is"
                                       f" {header.key_id.hex()}", **where)
     elif raw.type not in _CLEAR_TYPES and not sealed:
-        name = RecordType.NAMES.get(raw.type, f"type {raw.type}")
-        raise MalformedRecord(f"{name} record in the clear in an encrypted stream", **where,
+        raise MalformedRecord(f"{RecordType.name_of(raw.type)} record in the clear in an encrypted stream", **where,
                               hint="an encrypted stream seals every metadata record; this one was altered")
 
 
@@ -222,8 +221,7 @@ class Opener:
             clear = self._aead.decrypt(nonce, body[NONCE_LEN:], aad_prefix(self.header.stream_id, raw.index,
                                                                            raw.type))
         except InvalidTag:
-            name = RecordType.NAMES.get(raw.type, f"type {raw.type}")
-            raise AuthenticationFailed(f"the sealed {name} record does not open with this key",
+            raise AuthenticationFailed(f"the sealed {RecordType.name_of(raw.type)} record does not open with this key",
                                        record=raw.index, offset=raw.offset) from None
         self._seen(nonce, raw.index, raw.offset)
         return clear

@@ -34,8 +34,8 @@ from rawsend.stream.checked import CheckedReader, EndEvent, Event, HeaderEvent, 
 from rawsend.stream.checker import Limits
 from rawsend.stream.records import Cipher, End, Extent, Header
 from rawsend.stream.tee import TeeReader
+from rawsend.stream.writer import FLUSH_AT
 
-FLUSH_AT = 1 << 20  # bytes buffered before one write to the stream file
 
 
 @dataclass

@@ -126,8 +126,7 @@ class StreamReader:
                                 record=index, offset=start)
         if payload_len and rtype != RecordType.EXTENT:
             # a skippable record carries no file data, so no unknown type may have a payload either
-            name = RecordType.NAMES.get(rtype, f"type {rtype}")
-            raise MalformedRecord(f"{name} record with a payload of {payload_len} bytes;"
+            raise MalformedRecord(f"{RecordType.name_of(rtype)} record with a payload of {payload_len} bytes;"
                                   " only extents carry one", record=index, offset=start)
         body = self._read_exact(body_len, "record body", index)
         payload = self._read_payload(payload_len, index) if payload_len else memoryview(b"")
