@@ -17,7 +17,7 @@ from typing import Callable, Iterable, Iterator, NamedTuple
 
 from rawsend.codecs.compress import compress, decode
 from rawsend.errors import RawsendError
-from rawsend.sources.tree import DataChunk, EncodedChunk
+from rawsend.sources.items import DataChunk, EncodedChunk
 from rawsend.stream.checked import CheckedReader, EndEvent, HeaderEvent, RecordEvent, SealedEvent
 from rawsend.stream.checker import Limits
 from rawsend.stream.records import FLAG_SEALED, Compression, Create, Extent, Feature, Header, RecordType
