@@ -18,7 +18,8 @@ from typing import Callable, Iterable, Iterator, NamedTuple
 from rawsend.codecs.compress import compress, decode
 from rawsend.errors import RawsendError
 from rawsend.sources.items import DataChunk, EncodedChunk
-from rawsend.stream.checked import CheckedReader, EndEvent, HeaderEvent, RecordEvent, SealedEvent
+from rawsend.stream.checked import CheckedReader, EndEvent, HeaderEvent, RecordEvent, SealedEvent, SkippedEvent
+from rawsend.stream.sink import NullSink, Sink  # noqa: F401  (NullSink: importable here too)
 from rawsend.stream.checker import Limits
 from rawsend.stream.records import FLAG_SEALED, Compression, Create, Extent, Feature, Header, RecordType
 from rawsend.stream.writer import StreamWriter
@@ -185,32 +186,43 @@ class ReceiveStats:
     by_compression: dict[str, int] = field(default_factory=dict)  # extents per compression
 
 
-_CREATE_COUNTERS = {RecordType.MKDIR: "dirs", RecordType.MKFILE: "files",
-                    RecordType.SYMLINK: "symlinks", RecordType.MKNOD: "specials"}
+# the ReceiveStats counter of each record type
+_COUNTERS = {RecordType.MKDIR: "dirs", RecordType.MKFILE: "files", RecordType.SYMLINK: "symlinks",
+             RecordType.MKNOD: "specials", RecordType.LINK: "hardlinks", RecordType.SET_XATTR: "xattrs"}
+
+
+def _count_header(stats: ReceiveStats, event: HeaderEvent) -> None:
+    stats.encrypted = event.header.encrypted
+
+
+def _count_sealed(stats: ReceiveStats, event: SealedEvent) -> None:
+    stats.sealed_skipped += 1
+
+
+def _count_record(stats: ReceiveStats, event: RecordEvent) -> None:
+    rec = event.record
+    if rec.PAYLOAD:  # an extent
+        stats.extents += 1
+        stats.payload_bytes += rec.disk_num_bytes
+        stats.logical_bytes += rec.num_bytes
+        name = Compression.NAMES[rec.compression]
+        stats.by_compression[name] = stats.by_compression.get(name, 0) + 1
+    else:
+        counter = _COUNTERS[event.raw.type]
+        setattr(stats, counter, getattr(stats, counter) + 1)
+
+
+def _count_end(stats: ReceiveStats, event: EndEvent) -> None:
+    stats.authenticated = event.authenticated
+
+
+_COUNT = {HeaderEvent: _count_header, SealedEvent: _count_sealed, RecordEvent: _count_record,
+          EndEvent: _count_end, SkippedEvent: lambda stats, event: None}
 
 
 def count(stats: ReceiveStats, event) -> None:
     """Add one checked event to ``stats``."""
-    if isinstance(event, HeaderEvent):
-        stats.encrypted = event.header.encrypted
-    elif isinstance(event, SealedEvent):
-        stats.sealed_skipped += 1
-    elif isinstance(event, RecordEvent):
-        rec = event.record
-        if isinstance(rec, Extent):
-            stats.extents += 1
-            stats.payload_bytes += rec.disk_num_bytes
-            stats.logical_bytes += rec.num_bytes
-            name = Compression.NAMES[rec.compression]
-            stats.by_compression[name] = stats.by_compression.get(name, 0) + 1
-        elif isinstance(rec, Create):
-            setattr(stats, _CREATE_COUNTERS[rec.type], getattr(stats, _CREATE_COUNTERS[rec.type]) + 1)
-        elif rec.type == RecordType.LINK:
-            stats.hardlinks += 1
-        elif rec.type == RecordType.SET_XATTR:
-            stats.xattrs += 1
-    elif isinstance(event, EndEvent):
-        stats.authenticated = event.authenticated
+    _COUNT[type(event)](stats, event)
 
 
 def receive(stream, sink, *, keyring=None, limits: Limits | None = None, require_key: bool = True,
@@ -230,20 +242,20 @@ def receive(stream, sink, *, keyring=None, limits: Limits | None = None, require
     return stats
 
 
-def deliver(reader: CheckedReader, sink, stats: ReceiveStats, progress=None) -> Iterator:
+def deliver(reader: CheckedReader, sink: Sink, stats: ReceiveStats, progress=None) -> Iterator:
     """Hand each checked event of ``reader`` to ``sink``; yield it first, so the caller sees it
     (dump shows it, a store checks it) before the sink acts on it."""
     try:
         for event in reader:
             count(stats, event)
             yield event
-            if isinstance(event, HeaderEvent):
-                sink.begin(event.header)
-            elif isinstance(event, RecordEvent):
+            if type(event) is RecordEvent:
                 _apply(event, sink)
-                if progress and isinstance(event.record, Extent):
+                if progress and event.record.PAYLOAD:
                     progress(event.record.num_bytes)
-            elif isinstance(event, EndEvent):
+            elif type(event) is HeaderEvent:
+                sink.begin(event.header)
+            elif type(event) is EndEvent:
                 stats.records = reader.record_count + 1
                 stats.stream_bytes = reader.offset
                 sink.commit()
@@ -252,37 +264,20 @@ def deliver(reader: CheckedReader, sink, stats: ReceiveStats, progress=None) -> 
         raise
 
 
-def _apply(event: RecordEvent, sink) -> None:
+def _apply(event: RecordEvent, sink: Sink) -> None:
+    """Call the sink's method for the record (its class's SINK); an extent's payload is decoded
+    unless the sink takes it encoded."""
     rec, raw = event.record, event.raw
     try:
-        if isinstance(rec, Extent):
-            if event.payload is None:
-                return  # sealed, and no key to open it
-            if sink.wants_encoded(rec):
-                sink.extent_encoded(rec, event.payload)
-            else:
-                data = decode(event.payload, rec.compression, rec.unencoded_len)
-                sink.extent(rec, memoryview(data)[rec.unencoded_offset:rec.unencoded_offset + rec.num_bytes])
-        elif isinstance(rec, Create):
-            sink.create(rec)
-        elif rec.type == RecordType.LINK:
-            sink.link(rec)
-        elif rec.type == RecordType.SET_XATTR:
-            sink.xattr(rec)
+        if not rec.PAYLOAD:
+            getattr(sink, rec.SINK)(rec)
+        elif event.payload is None:
+            return  # sealed, and no key to open it
+        elif sink.wants_encoded(rec):
+            sink.extent_encoded(rec, event.payload)
+        else:
+            data = decode(event.payload, rec.compression, rec.unencoded_len)
+            sink.extent(rec, memoryview(data)[rec.unencoded_offset:rec.unencoded_offset + rec.num_bytes])
     except RawsendError as e:
         e.locate(raw.index, raw.offset)
         raise
-
-
-class NullSink:
-    """A sink that keeps nothing: verify and dump decode every payload and drop it."""
-
-    def begin(self, header): pass
-    def create(self, rec): pass
-    def link(self, rec): pass
-    def xattr(self, rec): pass
-    def wants_encoded(self, rec): return False
-    def extent(self, rec, data): pass
-    def extent_encoded(self, rec, payload): pass
-    def commit(self): pass
-    def abort(self): pass

@@ -37,7 +37,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from rawsend.codecs.keys import Key, load_key
 from rawsend.errors import AuthenticationFailed, KeyProblem, MalformedRecord
 from rawsend.stream.records import (
-    AEAD_TAG_LEN, EXTENT_AAD_LEN, FLAG_SEALED, MAX_BODY_LEN, MAX_EXTENT_LEN, NONCE_LEN, Cipher, End,
+    AEAD_TAG_LEN, CLEAR_TYPES, EXTENT_AAD_LEN, FLAG_SEALED, MAX_BODY_LEN, MAX_EXTENT_LEN, NONCE_LEN, Cipher, End,
     Extent, Header, RecordType,
 )
 
@@ -55,8 +55,8 @@ MAX_SEALS_PER_STREAM = 1 << 32
 
 _AEADS = {Cipher.AES_256_GCM: AESGCM, Cipher.CHACHA20_POLY1305: ChaCha20Poly1305}
 
-# records whose body is sealed in an encrypted stream: all but these three
-_CLEAR_TYPES = (RecordType.HEADER, RecordType.EXTENT, RecordType.END)
+# records whose body is sealed in an encrypted stream: all but those the registry marks clear
+_CLEAR_TYPES = CLEAR_TYPES
 
 
 def derive_stream_keys(secret: bytes, salt: bytes, stream_id: bytes) -> tuple[bytes, bytes]:

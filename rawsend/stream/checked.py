@@ -149,13 +149,13 @@ class CheckedReader:
                 body = raw.body
             rec = unpack_body(raw.type, body)
             payload = None
-            if isinstance(rec, Extent):
+            if rec.PAYLOAD:  # an extent
                 check_sealing(header, raw, rec)  # its encryption fields agree with the header
                 check_extent_features(header, rec)
             self.pending = (raw, rec)
             if not self.keyless:
                 self.checker.check(rec, raw.index)
-            if isinstance(rec, Extent):
+            if rec.PAYLOAD:
                 payload = self._payload(raw, rec)
             self.pending = None
             return RecordEvent(raw, rec, body, payload)

@@ -21,7 +21,7 @@ from rawsend.errors import (
 )
 from rawsend.stream.records import (
     CRC_COVERED, FLAG_SEALED, FLAG_SKIPPABLE, KNOWN_FLAGS, MAGIC, MAX_BODY_LEN, MAX_PAYLOAD_LEN,
-    PREAMBLE, RECORD_HEADER, VERSION, End, Feature, Header, RecordType,
+    PAYLOAD_TYPES, PREAMBLE, RECORD_HEADER, VERSION, End, Feature, Header, RecordType,
 )
 
 
@@ -124,7 +124,7 @@ class StreamReader:
         if payload_len > MAX_PAYLOAD_LEN:
             raise LimitExceeded(f"payload length {payload_len} over the cap {MAX_PAYLOAD_LEN}",
                                 record=index, offset=start)
-        if payload_len and rtype != RecordType.EXTENT:
+        if payload_len and rtype not in PAYLOAD_TYPES:
             # a skippable record carries no file data, so no unknown type may have a payload either
             raise MalformedRecord(f"{RecordType.name_of(rtype)} record with a payload of {payload_len} bytes;"
                                   " only extents carry one", record=index, offset=start)

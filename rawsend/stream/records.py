@@ -82,6 +82,27 @@ RecordType.RESERVED = {10: "rename", 11: "unlink", 12: "rmdir", 13: "truncate", 
                        32: "signature", 33: "stream_hash"}
 
 
+# -- the record registry ----------------------------------------------------------------
+#
+# Each record class declares what the registry needs: TYPES (its type numbers), its
+# layout (a struct.Struct next to it), pack and unpack, PAYLOAD (whether it carries a
+# payload), SEALED (whether its body is sealed in an encrypted stream) and SINK (the
+# Sink method a receiver calls with it, rawsend/stream/sink.py).  Dump's fields live in
+# rawsend/dump.py, one function per class.  A new record type is one class here, one
+# Sink method, its spec section and its vectors.
+
+class _Record:
+    __slots__ = ()
+    TYPES: tuple[int, ...] = ()
+    PAYLOAD = False
+    SEALED = True
+    SINK = ""
+
+    @classmethod
+    def from_body(cls, rtype: int, body: bytes):
+        return cls.unpack(body)
+
+
 # -- HEADER -----------------------------------------------------------------------------
 
 # stream_id 16s, created_ns i64, required_features u64, optional_features u64,
@@ -112,7 +133,9 @@ Cipher.BY_NAME = {v: k for k, v in Cipher.NAMES.items()}
 
 
 @dataclass(frozen=True, slots=True)
-class Header:
+class Header(_Record):
+    TYPES = (RecordType.HEADER,)
+    SEALED = False
     stream_id: bytes
     created_ns: int
     required_features: int = 0
@@ -161,7 +184,10 @@ ROOT_ID = 1
 
 
 @dataclass(frozen=True, slots=True)
-class Create:
+class Create(_Record):
+    TYPES = (RecordType.MKDIR, RecordType.MKFILE, RecordType.MKNOD, RecordType.SYMLINK)
+    SINK = "create"
+
     type: int
     file_id: int
     parent_id: int
@@ -180,6 +206,10 @@ class Create:
         return CREATE_BODY.pack(self.file_id, self.parent_id, self.mode, self.uid, self.gid,
                                 a_sec, a_nsec, m_sec, m_nsec, self.size,
                                 len(self.name), len(self.target)) + self.name + self.target
+
+    @classmethod
+    def from_body(cls, rtype: int, body: bytes) -> "Create":
+        return cls.unpack(rtype, body)
 
     @classmethod
     def unpack(cls, rtype: int, body: bytes) -> "Create":
@@ -219,7 +249,10 @@ LINK_BODY = struct.Struct("<QQH")  # file_id u64, parent_id u64, name_len u16; t
 
 
 @dataclass(frozen=True, slots=True)
-class Link:
+class Link(_Record):
+    TYPES = (RecordType.LINK,)
+    SINK = "link"
+
     file_id: int
     parent_id: int
     name: bytes
@@ -245,7 +278,10 @@ XATTR_BODY = struct.Struct("<QHI")  # file_id u64, name_len u16, value_len u32; 
 
 
 @dataclass(frozen=True, slots=True)
-class SetXattr:
+class SetXattr(_Record):
+    TYPES = (RecordType.SET_XATTR,)
+    SINK = "xattr"
+
     file_id: int
     name: bytes
     value: bytes
@@ -298,7 +334,12 @@ EXTENT_AAD_LEN = EXTENT_BODY.size - NONCE_LEN  # every field but the nonce is bo
 
 
 @dataclass(frozen=True, slots=True)
-class Extent:
+class Extent(_Record):
+    TYPES = (RecordType.EXTENT,)
+    PAYLOAD = True
+    SEALED = False  # the body stays clear; the payload is sealed (spec "Which records are sealed")
+    SINK = "extent"
+
     file_id: int
     offset: int
     num_bytes: int        # logical bytes this extent fills in the file
@@ -354,7 +395,10 @@ END_BODY = struct.Struct("<QQ32s32s")
 
 
 @dataclass(frozen=True, slots=True)
-class End:
+class End(_Record):
+    TYPES = (RecordType.END,)
+    SEALED = False
+
     record_count: int
     byte_count: int
     digest: bytes
@@ -395,18 +439,14 @@ def _at_least(body, size: int, what: str) -> None:
         raise MalformedRecord(f"{what} body is {len(body)} bytes, expected at least {size}")
 
 
+RECORDS: dict[int, type] = {t: cls for cls in (Header, Create, Link, SetXattr, Extent, End) for t in cls.TYPES}
+PAYLOAD_TYPES = frozenset(t for t, cls in RECORDS.items() if cls.PAYLOAD)
+CLEAR_TYPES = frozenset(t for t, cls in RECORDS.items() if not cls.SEALED)  # clear in an encrypted stream
+
+
 def unpack_body(rtype: int, body: bytes):
     """Typed record from a clear (unsealed) body."""
-    if rtype in _CREATE_KIND:
-        return Create.unpack(rtype, body)
-    if rtype == RecordType.LINK:
-        return Link.unpack(body)
-    if rtype == RecordType.SET_XATTR:
-        return SetXattr.unpack(body)
-    if rtype == RecordType.EXTENT:
-        return Extent.unpack(body)
-    if rtype == RecordType.END:
-        return End.unpack(body)
-    if rtype == RecordType.HEADER:
-        return Header.unpack(body)
-    raise MalformedRecord(f"unknown record type {rtype}")
+    cls = RECORDS.get(rtype)
+    if cls is None:
+        raise MalformedRecord(f"unknown record type {rtype}")
+    return cls.from_body(rtype, body)
