@@ -477,8 +477,7 @@ def ls(store, as_json):
               help="Key to show the names inside an encrypted stream.")
 def dump(stream_file, as_json, key_files):
     """Print the header and one line per record of a stream (FILE or - for stdin)."""
-    from rawsend.dump import Dumper
-    from rawsend.pipeline import NullSink, receive as do_receive
+    from rawsend.dump import Dumper, dump_stream
 
     dumper = Dumper()
     fmt = dumper.json_line if as_json else dumper.line
@@ -487,7 +486,7 @@ def dump(stream_file, as_json, key_files):
         echo(fmt(raw, rec))
 
     with _open_input(stream_file) as stream:
-        do_receive(stream, NullSink(), keyring=_load_keyring(key_files), require_key=False, on_record=show)
+        dump_stream(stream, show, _load_keyring(key_files))
 
 
 @main.command()

@@ -10,6 +10,8 @@ import stat
 from datetime import datetime, timezone
 
 from rawsend import text
+from rawsend.errors import RawsendError
+from rawsend.stream.checked import CheckedReader, EndEvent, HeaderEvent, RecordEvent
 from rawsend.stream.reader import RawRecord
 from rawsend.stream.records import (
     ROOT_ID, VERSION, Cipher, Compression, Create, End, Extent, Feature, Header, Link, RecordType, SetXattr,
@@ -50,49 +52,59 @@ class Dumper:
     def fields(self, raw: RawRecord, rec) -> dict:
         f: dict = {"record": raw.index, "offset": raw.offset,
                    "type": RecordType.NAMES.get(raw.type, f"type{raw.type}")}
-        if isinstance(rec, Header):
-            # the reader accepts no other version, so this is the stream's own
-            f.update(version=VERSION, stream_id=rec.stream_id.hex(), created=_time(rec.created_ns),
-                     required=_features(rec.required_features, Feature.REQUIRED_NAMES),
-                     optional=_features(rec.optional_features, Feature.OPTIONAL_NAMES),
-                     cipher=Cipher.NAMES[rec.cipher])
-            if rec.encrypted:
-                f["key_id"] = rec.key_id.hex()
-        elif isinstance(rec, Create):
-            path = b"." if rec.file_id == ROOT_ID else self._child(rec.parent_id, rec.name)
-            self.paths[rec.file_id] = path
-            f.update(id=rec.file_id, path=path, mode=f"{stat.S_IMODE(rec.mode):o}", uid=rec.uid, gid=rec.gid,
-                     mtime=_time(rec.mtime_ns))
-            if rec.type == RecordType.MKFILE:
-                f["size"] = rec.size
-            elif rec.type == RecordType.MKNOD:
-                f["kind"] = {stat.S_IFCHR: "char", stat.S_IFBLK: "block", stat.S_IFIFO: "fifo",
-                             stat.S_IFSOCK: "socket"}[stat.S_IFMT(rec.mode)]
-                f["rdev"] = rec.size
-            elif rec.type == RecordType.SYMLINK:
-                f["target"] = rec.target
-        elif isinstance(rec, Link):
-            f.update(id=rec.file_id, path=self._child(rec.parent_id, rec.name),
-                     dest=self.paths.get(rec.file_id))
-        elif isinstance(rec, SetXattr):
-            f.update(id=rec.file_id, path=self.paths.get(rec.file_id), name=rec.name,
-                     len=len(rec.value))
-        elif isinstance(rec, Extent):
-            f.update(id=rec.file_id, path=self.paths.get(rec.file_id), file_offset=rec.offset,
-                     num_bytes=rec.num_bytes, unencoded_len=rec.unencoded_len,
-                     unencoded_offset=rec.unencoded_offset, disk_num_bytes=rec.disk_num_bytes,
-                     compression=Compression.NAMES[rec.compression], encryption=Cipher.NAMES[rec.encryption])
-            if rec.encryption:
-                f["key_id"] = rec.key_id.hex()
-        elif isinstance(rec, End):
-            f.update(records=rec.record_count, bytes=rec.byte_count, digest=rec.digest.hex())
-            if any(rec.mac):
-                f["mac"] = rec.mac.hex()
+        show = self._FIELDS.get(type(rec))
+        if show is not None:
+            show(self, f, rec)
         elif rec is None and raw.sealed:
             f.update(sealed=True, body_len=len(raw.body))
         else:
             f.update(skipped=True, body_len=len(raw.body), payload_len=len(raw.payload))
         return f
+
+    def _header(self, f: dict, rec: Header) -> None:
+        # the reader accepts no other version, so this is the stream's own
+        f.update(version=VERSION, stream_id=rec.stream_id.hex(), created=_time(rec.created_ns),
+                 required=_features(rec.required_features, Feature.REQUIRED_NAMES),
+                 optional=_features(rec.optional_features, Feature.OPTIONAL_NAMES),
+                 cipher=Cipher.NAMES[rec.cipher])
+        if rec.encrypted:
+            f["key_id"] = rec.key_id.hex()
+
+    def _create(self, f: dict, rec: Create) -> None:
+        path = b"." if rec.file_id == ROOT_ID else self._child(rec.parent_id, rec.name)
+        self.paths[rec.file_id] = path
+        f.update(id=rec.file_id, path=path, mode=f"{stat.S_IMODE(rec.mode):o}", uid=rec.uid, gid=rec.gid,
+                 mtime=_time(rec.mtime_ns))
+        if rec.type == RecordType.MKFILE:
+            f["size"] = rec.size
+        elif rec.type == RecordType.MKNOD:
+            f["kind"] = {stat.S_IFCHR: "char", stat.S_IFBLK: "block", stat.S_IFIFO: "fifo",
+                         stat.S_IFSOCK: "socket"}[stat.S_IFMT(rec.mode)]
+            f["rdev"] = rec.size
+        elif rec.type == RecordType.SYMLINK:
+            f["target"] = rec.target
+
+    def _link(self, f: dict, rec: Link) -> None:
+        f.update(id=rec.file_id, path=self._child(rec.parent_id, rec.name), dest=self.paths.get(rec.file_id))
+
+    def _xattr(self, f: dict, rec: SetXattr) -> None:
+        f.update(id=rec.file_id, path=self.paths.get(rec.file_id), name=rec.name, len=len(rec.value))
+
+    def _extent(self, f: dict, rec: Extent) -> None:
+        f.update(id=rec.file_id, path=self.paths.get(rec.file_id), file_offset=rec.offset,
+                 num_bytes=rec.num_bytes, unencoded_len=rec.unencoded_len,
+                 unencoded_offset=rec.unencoded_offset, disk_num_bytes=rec.disk_num_bytes,
+                 compression=Compression.NAMES[rec.compression], encryption=Cipher.NAMES[rec.encryption])
+        if rec.encryption:
+            f["key_id"] = rec.key_id.hex()
+
+    def _end(self, f: dict, rec: End) -> None:
+        f.update(records=rec.record_count, bytes=rec.byte_count, digest=rec.digest.hex())
+        if any(rec.mac):
+            f["mac"] = rec.mac.hex()
+
+    # each record class's fields, after record, offset and type
+    _FIELDS = {Header: _header, Create: _create, Link: _link, SetXattr: _xattr, Extent: _extent, End: _end}
 
     def line(self, raw: RawRecord, rec) -> str:
         f = self.fields(raw, rec)
@@ -118,3 +130,31 @@ def _text_value(v) -> str:
     if isinstance(v, bytes):
         return text.quote(v)
     return "?" if v is None else str(v)
+
+
+_SHOWN = {HeaderEvent: lambda e: e.header, RecordEvent: lambda e: e.record, EndEvent: lambda e: e.end}
+
+
+def shown(event):
+    """The (raw record, typed record) pair a Dumper shows for one checked event; None for a
+    record sealed without the key, or skipped."""
+    typed = _SHOWN.get(type(event))
+    return event.raw, typed(event) if typed is not None else None
+
+
+def dump_stream(stream, show, keyring=None, limits=None) -> None:
+    """Check ``stream`` as verify does and call ``show(raw, rec)`` for each record, in order.
+
+    A record whose body was understood is shown even when a later check of it fails,
+    so the last line before an error is the record the error names.
+    """
+    from rawsend.pipeline import NullSink, ReceiveStats, deliver
+
+    reader = CheckedReader(stream, keyring, require_key=False, limits=limits)
+    try:
+        for event in deliver(reader, NullSink(), ReceiveStats()):
+            show(*shown(event))
+    except RawsendError:
+        if reader.pending is not None:
+            show(*reader.pending)
+        raise

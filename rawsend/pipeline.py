@@ -13,17 +13,15 @@ import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, NamedTuple
+from typing import Callable, Iterable, Iterator, NamedTuple
 
 from rawsend.codecs.compress import compress, decode
-from rawsend.codecs.crypto import check_sealing
-from rawsend.errors import KeyMissing, MalformedRecord, RawsendError, WrongKey
-from rawsend.sources.tree import DataChunk, EncodedChunk
-from rawsend.stream.checker import Limits, StreamChecker, check_extent_features
-from rawsend.stream.reader import RawRecord, StreamReader
-from rawsend.stream.records import (
-    FLAG_SEALED, Compression, Create, Extent, Feature, Header, RecordType, unpack_body,
-)
+from rawsend.errors import RawsendError
+from rawsend.sources.items import DataChunk, EncodedChunk
+from rawsend.stream.checked import CheckedReader, EndEvent, HeaderEvent, RecordEvent, SealedEvent, SkippedEvent
+from rawsend.stream.sink import NullSink, Sink  # noqa: F401  (NullSink: importable here too)
+from rawsend.stream.checker import Limits
+from rawsend.stream.records import FLAG_SEALED, Compression, Create, Extent, Feature, Header, RecordType
 from rawsend.stream.writer import StreamWriter
 
 INLINE_BELOW = 16 * 1024  # chunks this small are cheaper to encode than to hand to a thread
@@ -188,12 +186,47 @@ class ReceiveStats:
     by_compression: dict[str, int] = field(default_factory=dict)  # extents per compression
 
 
-_CREATE_COUNTERS = {RecordType.MKDIR: "dirs", RecordType.MKFILE: "files",
-                    RecordType.SYMLINK: "symlinks", RecordType.MKNOD: "specials"}
+# the ReceiveStats counter of each record type
+_COUNTERS = {RecordType.MKDIR: "dirs", RecordType.MKFILE: "files", RecordType.SYMLINK: "symlinks",
+             RecordType.MKNOD: "specials", RecordType.LINK: "hardlinks", RecordType.SET_XATTR: "xattrs"}
+
+
+def _count_header(stats: ReceiveStats, event: HeaderEvent) -> None:
+    stats.encrypted = event.header.encrypted
+
+
+def _count_sealed(stats: ReceiveStats, event: SealedEvent) -> None:
+    stats.sealed_skipped += 1
+
+
+def _count_record(stats: ReceiveStats, event: RecordEvent) -> None:
+    rec = event.record
+    if rec.PAYLOAD:  # an extent
+        stats.extents += 1
+        stats.payload_bytes += rec.disk_num_bytes
+        stats.logical_bytes += rec.num_bytes
+        name = Compression.NAMES[rec.compression]
+        stats.by_compression[name] = stats.by_compression.get(name, 0) + 1
+    else:
+        counter = _COUNTERS[event.raw.type]
+        setattr(stats, counter, getattr(stats, counter) + 1)
+
+
+def _count_end(stats: ReceiveStats, event: EndEvent) -> None:
+    stats.authenticated = event.authenticated
+
+
+_COUNT = {HeaderEvent: _count_header, SealedEvent: _count_sealed, RecordEvent: _count_record,
+          EndEvent: _count_end, SkippedEvent: lambda stats, event: None}
+
+
+def count(stats: ReceiveStats, event) -> None:
+    """Add one checked event to ``stats``."""
+    _COUNT[type(event)](stats, event)
 
 
 def receive(stream, sink, *, keyring=None, limits: Limits | None = None, require_key: bool = True,
-            on_record: Callable[[RawRecord, object], None] | None = None, progress=None) -> ReceiveStats:
+            progress=None) -> ReceiveStats:
     """Read a whole stream, check it, and hand every record to ``sink``.
 
     ``sink`` gets ``begin(header)``, ``create``, ``link``, ``xattr``,
@@ -202,129 +235,49 @@ def receive(stream, sink, *, keyring=None, limits: Limits | None = None, require
     reader (``require_key=False``) of an encrypted stream checks framing,
     CRCs, digest and the clear extent fields only.
     """
-    reader = StreamReader(stream)
-    checker = StreamChecker(limits or Limits())
+    reader = CheckedReader(stream, keyring, require_key=require_key, limits=limits)
     stats = ReceiveStats()
-    opener = None
+    for _ in deliver(reader, sink, stats, progress):
+        pass
+    return stats
+
+
+def deliver(reader: CheckedReader, sink: Sink, stats: ReceiveStats, progress=None) -> Iterator:
+    """Hand each checked event of ``reader`` to ``sink``; yield it first, so the caller sees it
+    (dump shows it, a store checks it) before the sink acts on it."""
     try:
-        for raw in reader:
-            if raw.type == RecordType.HEADER:
-                header = reader.header
-                stats.encrypted = header.encrypted
-                if header.encrypted:
-                    opener = keyring.opener(header) if keyring is not None else None
-                    if opener is None and keyring is not None:
-                        # keys were given, to open or to authenticate: a keyless check is not what was asked
-                        raise WrongKey.for_stream(header.key_id.hex(), keyring.key_ids, offset=raw.offset)
-                    if opener is None and require_key:
-                        raise KeyMissing(f"it needs key id {header.key_id.hex()}", record=0, offset=raw.offset)
-                if on_record:
-                    on_record(raw, header)
-                sink.begin(header)
-                continue
-            if raw.type == RecordType.END:
-                if opener is not None:
-                    opener.check_end(reader.header_body, reader.end, raw.index, raw.offset)
-                    stats.authenticated = True
-                if opener is not None or not stats.encrypted:
-                    checker.finish(raw.index, raw.offset)
+        for event in reader:
+            count(stats, event)
+            yield event
+            if type(event) is RecordEvent:
+                _apply(event, sink)
+                if progress and event.record.PAYLOAD:
+                    progress(event.record.num_bytes)
+            elif type(event) is HeaderEvent:
+                sink.begin(event.header)
+            elif type(event) is EndEvent:
                 stats.records = reader.record_count + 1
                 stats.stream_bytes = reader.offset
-                if on_record:
-                    on_record(raw, reader.end)
                 sink.commit()
-                return stats
-            if raw.type not in RecordType.NAMES:
-                check_sealing(reader.header, raw)
-                if opener is not None:
-                    opener.open_metadata(raw)  # authenticated like any record, then skipped
-                if on_record:
-                    on_record(raw, None)
-                continue  # skippable record of a later version
-            rec = _record(raw, opener, stats, reader.header)
-            if on_record:
-                on_record(raw, rec)
-            if rec is None:
-                continue
-            try:
-                if opener is not None or not stats.encrypted:  # keyless: no names, so no tree to check
-                    checker.check(rec, raw.index)
-            except RawsendError as e:
-                e.locate(raw.index, raw.offset)
-                raise
-            _apply(rec, raw, sink, opener, stats)
-            if progress and isinstance(rec, Extent):
-                progress(rec.num_bytes)
     except BaseException:
         sink.abort()
         raise
-    raise AssertionError("unreachable: the reader ends with END or an error")
 
 
-def _record(raw: RawRecord, opener, stats: ReceiveStats, header: Header):
-    """Typed record, or None when a keyless reader meets a sealed body."""
+def _apply(event: RecordEvent, sink: Sink) -> None:
+    """Call the sink's method for the record (its class's SINK); an extent's payload is decoded
+    unless the sink takes it encoded."""
+    rec, raw = event.record, event.raw
     try:
-        check_sealing(header, raw)
-        if raw.flags & FLAG_SEALED:
-            if opener is None:
-                stats.sealed_skipped += 1
-                return None
-            return unpack_body(raw.type, opener.open_metadata(raw))
-        rec = unpack_body(raw.type, raw.body)
-        if isinstance(rec, Extent):
-            check_sealing(header, raw, rec)  # its encryption fields agree with the header
-            check_extent_features(header, rec)
-        return rec
+        if not rec.PAYLOAD:
+            getattr(sink, rec.SINK)(rec)
+        elif event.payload is None:
+            return  # sealed, and no key to open it
+        elif sink.wants_encoded(rec):
+            sink.extent_encoded(rec, event.payload)
+        else:
+            data = decode(event.payload, rec.compression, rec.unencoded_len)
+            sink.extent(rec, memoryview(data)[rec.unencoded_offset:rec.unencoded_offset + rec.num_bytes])
     except RawsendError as e:
         e.locate(raw.index, raw.offset)
         raise
-
-
-def _apply(rec, raw: RawRecord, sink, opener, stats: ReceiveStats) -> None:
-    try:
-        if isinstance(rec, Extent):
-            if len(raw.payload) != rec.disk_num_bytes:
-                raise MalformedRecord(f"payload is {len(raw.payload)} bytes, disk_num_bytes says"
-                                      f" {rec.disk_num_bytes}")
-            stats.extents += 1
-            stats.payload_bytes += rec.disk_num_bytes
-            stats.logical_bytes += rec.num_bytes
-            name = Compression.NAMES[rec.compression]
-            stats.by_compression[name] = stats.by_compression.get(name, 0) + 1
-            if rec.encryption:
-                if opener is None:
-                    return
-                payload = opener.open_extent(raw.index, rec, raw.payload, raw.offset)
-            else:
-                payload = raw.payload
-            if sink.wants_encoded(rec):
-                sink.extent_encoded(rec, payload)
-            else:
-                data = decode(payload, rec.compression, rec.unencoded_len)
-                sink.extent(rec, memoryview(data)[rec.unencoded_offset:rec.unencoded_offset + rec.num_bytes])
-        elif isinstance(rec, Create):
-            setattr(stats, _CREATE_COUNTERS[rec.type], getattr(stats, _CREATE_COUNTERS[rec.type]) + 1)
-            sink.create(rec)
-        elif rec.type == RecordType.LINK:
-            stats.hardlinks += 1
-            sink.link(rec)
-        elif rec.type == RecordType.SET_XATTR:
-            stats.xattrs += 1
-            sink.xattr(rec)
-    except RawsendError as e:
-        e.locate(raw.index, raw.offset)
-        raise
-
-
-class NullSink:
-    """A sink that keeps nothing: verify and dump decode every payload and drop it."""
-
-    def begin(self, header): pass
-    def create(self, rec): pass
-    def link(self, rec): pass
-    def xattr(self, rec): pass
-    def wants_encoded(self, rec): return False
-    def extent(self, rec, data): pass
-    def extent_encoded(self, rec, payload): pass
-    def commit(self): pass
-    def abort(self): pass

@@ -18,12 +18,11 @@ import os
 from dataclasses import dataclass
 from typing import BinaryIO, Callable
 
-from rawsend.codecs.crypto import Keyring, Sealer, check_sealing
+from rawsend.codecs.crypto import Keyring, Sealer
 from rawsend.codecs.keys import Key
-from rawsend.errors import KeyProblem, RawsendError, WrongKey
-from rawsend.stream.checker import Limits, StreamChecker, check_extent_features
-from rawsend.stream.reader import StreamReader
-from rawsend.stream.records import Cipher, Extent, RecordType, unpack_body
+from rawsend.stream.checked import CheckedReader, EndEvent, HeaderEvent, RecordEvent
+from rawsend.stream.checker import Limits
+from rawsend.stream.records import Cipher, Extent, RecordType
 from rawsend.stream.writer import StreamWriter
 
 
@@ -41,54 +40,34 @@ def rekey(stream: BinaryIO, write: Callable[[bytes], None], old: Key | Keyring, 
           limits: Limits | None = None, random: Callable[[int], bytes] = os.urandom) -> RekeyStats:
     """Read an encrypted stream sealed under ``old``, write it sealed under ``new``."""
     keyring = old if isinstance(old, Keyring) else Keyring([old])
-    reader = StreamReader(stream)
-    checker = StreamChecker(limits or Limits())
+    reader = CheckedReader(stream, keyring, require_encrypted=True, limits=limits)
     stats = RekeyStats(new_key_id=new.key_id.hex())
-    opener = sealer = writer = None
-    for raw in reader:
-        try:
-            if raw.type == RecordType.HEADER:
-                header = reader.header
-                if not header.encrypted:
-                    raise KeyProblem("the stream is not encrypted, so it has no key to change",
-                                     hint="make an encrypted stream with 'rawsend send --encrypt KEYFILE'")
-                opener = keyring.opener(header)
-                if opener is None:
-                    raise WrongKey.for_stream(header.key_id.hex(), keyring.key_ids, offset=raw.offset)
-                stats.old_key_id = header.key_id.hex()
-                sealer = Sealer(new, header.cipher, random=random)
-                new_header = dataclasses.replace(header, **sealer.header_fields())
-                sealer.start(new_header)
-                writer = StreamWriter(write, new_header)
-                continue
-            assert writer.next_index == raw.index  # every record is written, so indexes stay put
-            if raw.type == RecordType.END:
-                opener.check_end(reader.header_body, reader.end, raw.index)
-                checker.finish(raw.index)
-                writer.finish(sealer.end_mac)
-                stats.records = writer.record_count
-                stats.stream_bytes = writer.byte_count
-                return stats
-            check_sealing(header, raw)
-            if raw.type == RecordType.EXTENT:
-                extent = Extent.unpack(raw.body)
-                check_sealing(header, raw, extent)
-                check_extent_features(header, extent)
-                checker.check(extent, raw.index)
-                encoded = opener.open_extent(raw.index, extent, raw.payload)
-                clear = dataclasses.replace(extent, disk_num_bytes=len(encoded), encryption=Cipher.NONE,
-                                            key_id=bytes(16), nonce=bytes(12))
-                sealed, payload = sealer.seal_extent(raw.index, clear, encoded)
-                assert len(payload) == len(raw.payload)
-                writer.write_record(RecordType.EXTENT, sealed.pack(), payload, flags=raw.flags)
-                stats.extents += 1
-                stats.payload_bytes += len(payload)
-            else:
-                body = opener.open_metadata(raw)
-                if raw.type in RecordType.NAMES:  # a skippable record of a later version is only resealed
-                    checker.check(unpack_body(raw.type, body), raw.index)
-                writer.write_record(raw.type, sealer.seal_metadata(raw.index, raw.type, body), flags=raw.flags)
-        except RawsendError as e:
-            e.locate(raw.index, raw.offset)
-            raise
+    sealer = writer = None
+    for event in reader:
+        raw = event.raw
+        if isinstance(event, HeaderEvent):
+            header = event.header
+            stats.old_key_id = header.key_id.hex()
+            sealer = Sealer(new, header.cipher, random=random)
+            new_header = dataclasses.replace(header, **sealer.header_fields())
+            sealer.start(new_header)
+            writer = StreamWriter(write, new_header)
+            continue
+        assert writer.next_index == raw.index  # every record is written, so indexes stay put
+        if isinstance(event, EndEvent):
+            writer.finish(sealer.end_mac)
+            stats.records = writer.record_count
+            stats.stream_bytes = writer.byte_count
+            return stats
+        if isinstance(event, RecordEvent) and isinstance(event.record, Extent):
+            extent, encoded = event.record, event.payload
+            clear = dataclasses.replace(extent, disk_num_bytes=len(encoded), encryption=Cipher.NONE,
+                                        key_id=bytes(16), nonce=bytes(12))
+            sealed, payload = sealer.seal_extent(raw.index, clear, encoded)
+            assert len(payload) == len(raw.payload)
+            writer.write_record(RecordType.EXTENT, sealed.pack(), payload, flags=raw.flags)
+            stats.extents += 1
+            stats.payload_bytes += len(payload)
+        else:  # a metadata record, or a skippable one of a later version: only resealed
+            writer.write_record(raw.type, sealer.seal_metadata(raw.index, raw.type, event.body), flags=raw.flags)
     raise AssertionError("unreachable: the reader ends with END or an error")

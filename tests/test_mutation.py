@@ -21,7 +21,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from rawsend.dump import Dumper
+from rawsend.dump import Dumper, dump_stream
 from rawsend.errors import RawsendError, TruncatedStream
 from rawsend.pipeline import NullSink, receive
 from rawsend.stream.checker import Limits
@@ -100,8 +100,11 @@ def outcome(data: bytes, *, with_key: bool = False, dump: bool = True) -> Rawsen
 
     with deadline(10):
         try:
-            receive(io.BytesIO(data), NullSink(), keyring=keyring() if with_key else None,
-                    require_key=False, limits=Limits(max_files=10_000), on_record=show if dump else None)
+            keys, limits = keyring() if with_key else None, Limits(max_files=10_000)
+            if dump:
+                dump_stream(io.BytesIO(data), show, keys, limits)
+            else:
+                receive(io.BytesIO(data), NullSink(), keyring=keys, require_key=False, limits=limits)
         except RawsendError as e:
             assert e.record is not None or e.offset is not None, f"error without a place: {e}"
             return e

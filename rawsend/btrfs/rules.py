@@ -14,35 +14,26 @@ import errno
 import struct
 from dataclasses import dataclass
 
-# BTRFS_ENCODED_IO_COMPRESSION_*. LZO is framed per sector, so each sector
-# size has its own value (LZO_4K = 3 ... LZO_64K = 7); see codecs/lzo.py.
-COMPRESSION_NONE = 0
-COMPRESSION_ZLIB = 1
-COMPRESSION_ZSTD = 2
-COMPRESSION_LZO_4K = 3
-COMPRESSION_LZO_8K = 4
-COMPRESSION_LZO_16K = 5
-COMPRESSION_LZO_32K = 6
-COMPRESSION_LZO_64K = 7
+from rawsend.stream.records import MAX_ENCODED, MAX_UNENCODED, Compression
+
+# BTRFS_ENCODED_IO_COMPRESSION_*: the stream's Compression numbers 0..7 are btrfs's.
+# LZO is framed per sector, so each sector size has its own value; see codecs/lzo.py.
+COMPRESSION_NONE = Compression.NONE
+COMPRESSION_ZLIB = Compression.ZLIB
+COMPRESSION_ZSTD = Compression.ZSTD
+COMPRESSION_LZO_4K = Compression.LZO_4K
+COMPRESSION_LZO_8K = Compression.LZO_8K
+COMPRESSION_LZO_16K = Compression.LZO_16K
+COMPRESSION_LZO_32K = Compression.LZO_32K
+COMPRESSION_LZO_64K = Compression.LZO_64K
 COMPRESSION_TYPES = 8  # sentinel: first invalid value
 
-COMPRESSION_NAMES = {
-    COMPRESSION_NONE: "none",
-    COMPRESSION_ZLIB: "zlib",
-    COMPRESSION_ZSTD: "zstd",
-    COMPRESSION_LZO_4K: "lzo-4k",
-    COMPRESSION_LZO_8K: "lzo-8k",
-    COMPRESSION_LZO_16K: "lzo-16k",
-    COMPRESSION_LZO_32K: "lzo-32k",
-    COMPRESSION_LZO_64K: "lzo-64k",
-}
+COMPRESSION_NAMES = {c: Compression.NAMES[c] for c in range(COMPRESSION_TYPES)}
 
 ENCRYPTION_NONE = 0  # the only value the kernel knows today
 
-# BTRFS_MAX_UNCOMPRESSED / BTRFS_MAX_COMPRESSED: a compressed extent covers
-# at most 128 KiB of file data and takes at most 128 KiB on disk.
-MAX_UNENCODED = 128 * 1024
-MAX_ENCODED = 128 * 1024
+# BTRFS_MAX_UNCOMPRESSED / BTRFS_MAX_COMPRESSED (records.py): a compressed extent
+# covers at most 128 KiB of file data and takes at most 128 KiB on disk.
 
 # The start of a btrfs LZO frame: total_len, then the first segment's length
 LZO_FRAME_START = struct.Struct("<II")

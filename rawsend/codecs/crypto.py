@@ -37,7 +37,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from rawsend.codecs.keys import Key, load_key
 from rawsend.errors import AuthenticationFailed, KeyProblem, MalformedRecord
 from rawsend.stream.records import (
-    AEAD_TAG_LEN, EXTENT_AAD_LEN, FLAG_SEALED, MAX_BODY_LEN, MAX_EXTENT_LEN, NONCE_LEN, Cipher, End,
+    AEAD_TAG_LEN, CLEAR_TYPES, EXTENT_AAD_LEN, FLAG_SEALED, MAX_BODY_LEN, MAX_EXTENT_LEN, NONCE_LEN, Cipher, End,
     Extent, Header, RecordType,
 )
 
@@ -55,8 +55,8 @@ MAX_SEALS_PER_STREAM = 1 << 32
 
 _AEADS = {Cipher.AES_256_GCM: AESGCM, Cipher.CHACHA20_POLY1305: ChaCha20Poly1305}
 
-# records whose body is sealed in an encrypted stream: all but these three
-_CLEAR_TYPES = (RecordType.HEADER, RecordType.EXTENT, RecordType.END)
+# records whose body is sealed in an encrypted stream: all but those the registry marks clear
+_CLEAR_TYPES = CLEAR_TYPES
 
 
 def derive_stream_keys(secret: bytes, salt: bytes, stream_id: bytes) -> tuple[bytes, bytes]:
@@ -108,8 +108,7 @@ def check_sealing(header: Header, raw, extent: Extent | None = None) -> None:
                 raise MalformedRecord(f"extent names key id {extent.key_id.hex()}, the stream's key id is"
                                       f" {header.key_id.hex()}", **where)
     elif raw.type not in _CLEAR_TYPES and not sealed:
-        name = RecordType.NAMES.get(raw.type, f"type {raw.type}")
-        raise MalformedRecord(f"{name} record in the clear in an encrypted stream", **where,
+        raise MalformedRecord(f"{RecordType.name_of(raw.type)} record in the clear in an encrypted stream", **where,
                               hint="an encrypted stream seals every metadata record; this one was altered")
 
 
@@ -222,8 +221,7 @@ class Opener:
             clear = self._aead.decrypt(nonce, body[NONCE_LEN:], aad_prefix(self.header.stream_id, raw.index,
                                                                            raw.type))
         except InvalidTag:
-            name = RecordType.NAMES.get(raw.type, f"type {raw.type}")
-            raise AuthenticationFailed(f"the sealed {name} record does not open with this key",
+            raise AuthenticationFailed(f"the sealed {RecordType.name_of(raw.type)} record does not open with this key",
                                        record=raw.index, offset=raw.offset) from None
         self._seen(nonce, raw.index, raw.offset)
         return clear

@@ -28,8 +28,7 @@ import struct
 _U32 = struct.Struct("<I")
 LZO_LEN = _U32.size  # every length field is a 4-byte little-endian u32
 
-MAX_ENCODED = 128 * 1024  # BTRFS_MAX_COMPRESSED: the kernel rejects longer frames
-MAX_UNENCODED = 128 * 1024  # BTRFS_MAX_UNCOMPRESSED: file bytes in one extent
+from rawsend.stream.records import MAX_ENCODED, MAX_UNENCODED  # the kernel rejects longer frames
 
 try:
     import lzo as _lzo

@@ -34,7 +34,8 @@ from typing import Iterator
 
 from rawsend import btrfs
 from rawsend.errors import ChangedWhileRead, Unreadable
-from rawsend.sources.tree import EncodedChunk, SourceReport, TreeSource
+from rawsend.sources.items import EncodedChunk
+from rawsend.sources.tree import SourceReport, TreeSource
 from rawsend.stream.records import Compression, Extent
 
 NO_CAP_NOTICE = ("reading compressed btrfs extents as they lie on disk needs CAP_SYS_ADMIN (run as root);"

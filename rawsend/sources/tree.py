@@ -19,26 +19,10 @@ from typing import Iterator
 from rawsend.errors import (
     ChangedWhileRead, Replaced, SendNotice, SendWarning, SkippedSocket, SourceError, Unreadable, Vanished,
 )
-from rawsend.stream.records import MAX_EXTENT_LEN, ROOT_ID, Create, Extent, Link, RecordType, SetXattr
+from rawsend.sources.items import DataChunk, EncodedChunk  # noqa: F401  (EncodedChunk: importable here too)
+from rawsend.stream.records import MAX_EXTENT_LEN, ROOT_ID, Create, Link, RecordType, SetXattr
 
 CHUNK = MAX_EXTENT_LEN  # extents of at most 128 KiB, as btrfs
-
-
-@dataclass(slots=True)
-class DataChunk:
-    """Unencoded file bytes the encoder turns into one EXTENT record."""
-
-    file_id: int
-    offset: int
-    data: bytes
-
-
-@dataclass(slots=True)
-class EncodedChunk:
-    """An extent whose payload is already encoded (read raw from btrfs): sent as it is."""
-
-    extent: Extent
-    payload: bytes
 
 
 @dataclass

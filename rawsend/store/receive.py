@@ -1,6 +1,6 @@
 """Receiving into a store: check every record as it arrives, keep the bytes exactly as they came.
 
-No payload byte is changed and none is decrypted.  pipeline.receive
+No payload byte is changed and none is decrypted.  The CheckedReader
 (without a key) makes every check a reader makes: framing, every CRC, the
 caps, END and that nothing follows it, the sealing rules, and for streams
 that are not encrypted the structural checks of StreamChecker on their
@@ -8,7 +8,8 @@ metadata; every payload that is not encrypted is decoded as a check and the
 output dropped (payloads.py).  The stream file is written into STORE/tmp and
 becomes part of the store only after all of that passed and its bytes were
 fsynced (Store.commit); on any error, or if the process dies, the store is as
-it was.
+it was.  The bytes kept are the bytes the reader consumed, copied as it
+consumed them (TeeReader): nothing is framed again.
 """
 
 from __future__ import annotations
@@ -18,22 +19,23 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
 from rawsend.errors import RawsendError
 from rawsend.fsutil import write_all
-from rawsend.pipeline import NullSink, ReceiveStats, receive
+from rawsend.pipeline import ReceiveStats, count
 from rawsend.store.index import UNKNOWN, IndexEntry
 from rawsend.store.layout import STREAM_SUFFIX, Store, os_error
 from rawsend.store.payloads import PayloadCheck
+from rawsend.stream.checked import CheckedReader, EndEvent, Event, HeaderEvent, RecordEvent
 from rawsend.stream.checker import Limits
-from rawsend.stream.reader import RawRecord
-from rawsend.stream.records import MAGIC, PREAMBLE, VERSION, Cipher, End, Header, RecordType
+from rawsend.stream.records import Cipher, End, Extent, Header
+from rawsend.stream.tee import TeeReader
+from rawsend.stream.writer import FLUSH_AT
 
-FLUSH_AT = 1 << 20  # bytes buffered before one write to the stream file
 
 
 @dataclass
@@ -42,13 +44,6 @@ class StoreReceipt:
     stored: bool  # False: the identical stream was already in the store, nothing was added
     store: Path
     unchecked_extents: int = 0  # LZO extents stored without a decode check: no LZO decoder here
-
-
-class _PayloadsAsTheyCame(NullSink):
-    """receive() checks every record; the store keeps the raw bytes and checks the payloads (on_record)."""
-
-    def wants_encoded(self, rec) -> bool:
-        return True
 
 
 def _index_entry(header: Header, end: End, stats: ReceiveStats, stored_bytes: int, sha256: str,
@@ -126,6 +121,28 @@ class _StreamFile:
             raise os_error(e, "syncing the stream to disk failed", self.path) from None
 
 
+def stored_events(stream: BinaryIO, payloads: PayloadCheck, stats: ReceiveStats,
+                  limits: Limits | None = None) -> Iterator[Event]:
+    """The checks of receive --store, for the store and for a relay alike: the checked reader
+    without a key, and a decode check of every clear payload; the first fault in the stream wins."""
+    reader = CheckedReader(stream, require_key=False, limits=limits)
+    try:
+        for event in reader:
+            count(stats, event)
+            if isinstance(event, RecordEvent) and isinstance(event.record, Extent):
+                payloads.add(event.raw.index, event.raw.offset, event.record, event.raw.payload)
+            elif isinstance(event, EndEvent):
+                stats.records = reader.record_count + 1
+                stats.stream_bytes = reader.offset
+                payloads.finish()  # before the caller's own checks of END: the first fault wins
+            yield event
+    except RawsendError as e:
+        first = payloads.earlier_failure(e)
+        if first is e:
+            raise
+        raise first from None
+
+
 def receive_into_store(stream: BinaryIO, store_path: str | os.PathLike, *, limits: Limits | None = None,
                        progress: Callable[[int], None] | None = None) -> StoreReceipt:
     """Read one stream from ``stream``, check it, and add it verbatim to the store (created if missing)."""
@@ -135,38 +152,21 @@ def receive_into_store(stream: BinaryIO, store_path: str | os.PathLike, *, limit
         payloads = PayloadCheck()
         try:
             out = _StreamFile(fd, temp)
-            seen: dict[int, object] = {}  # the HEADER and END records, for the index entry
-
-            def keep(raw: RawRecord, rec) -> None:
-                if raw.index == 0:
-                    out.write(PREAMBLE.pack(MAGIC, VERSION))  # the reader accepts exactly these bytes
-                if raw.type in (RecordType.HEADER, RecordType.END):
-                    seen[raw.type] = rec
-                elif raw.type == RecordType.EXTENT and rec is not None:
-                    payloads.add(raw.index, raw.offset, rec, raw.payload)
-                out.write(raw.header)
-                out.write(raw.body)
-                out.write(raw.payload)
-                if progress:
-                    progress(raw.size)
-
+            stats = ReceiveStats()
             try:
-                try:
-                    stats = receive(stream, _PayloadsAsTheyCame(), limits=limits, require_key=False,
-                                    on_record=keep)
-                    payloads.finish()
-                except RawsendError as e:
-                    first = payloads.earlier_failure(e)
-                    if first is e:
-                        raise
-                    raise first from None
+                for event in stored_events(TeeReader(stream, out.write), payloads, stats, limits):
+                    if isinstance(event, HeaderEvent):
+                        header = event.header
+                    elif isinstance(event, EndEvent):
+                        end = event.end
+                    if progress:
+                        progress(event.raw.size)
                 out.sync()
             finally:
                 payloads.close()
                 out.close()
                 os.close(fd)
-            entry = _index_entry(seen[RecordType.HEADER], seen[RecordType.END], stats, out.size,
-                                 out.sha256.hexdigest(), time.time_ns())
+            entry = _index_entry(header, end, stats, out.size, out.sha256.hexdigest(), time.time_ns())
             stored = store.commit(temp, entry)
         except BaseException:
             store.remove_temp(temp)

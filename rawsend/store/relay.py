@@ -1,6 +1,7 @@
 """Sending a stored stream on: the bytes out are the bytes that came in, checked as they are copied.
 
-Every stored stream is read back through the StreamReader and compared with
+Every stored stream is read back through the checks of receive --store (the
+CheckedReader without a key, and a decode check of each clear payload) and compared with
 its index entry (stream id, END digest, size, SHA-256 of the file), so a
 store damaged on disk is never relayed silently.  The END record, the last
 bytes out, is only written once the whole file matched: a fault stops the
@@ -19,10 +20,15 @@ from rawsend.errors import (
 )
 from rawsend.store.index import IndexEntry
 from rawsend.store.layout import Store, damaged_hint
-from rawsend.stream.reader import StreamReader
-from rawsend.stream.records import PREAMBLE, End, Header, RecordType
+from rawsend.pipeline import ReceiveStats
+from rawsend.store.payloads import PayloadCheck
+from rawsend.store.receive import stored_events
+from rawsend.stream.checked import EndEvent, HeaderEvent
+from rawsend.stream.records import END_BODY, PREAMBLE, RECORD_HEADER, End, Header
+from rawsend.stream.tee import TeeReader
+from rawsend.stream.writer import FLUSH_AT
 
-FLUSH_AT = 1 << 20  # bytes gathered before one write to the output
+END_SIZE = RECORD_HEADER.size + END_BODY.size  # the END record, the last bytes of a good stream
 
 
 class StoredStream:
@@ -84,31 +90,47 @@ class StoredStream:
             e.hint = damaged_hint(self.entry.stream_id)
 
 
+class _HeldBack:
+    """Output buffer that keeps the last END_SIZE bytes back until ``close``: END, the last
+    record of a good stream, goes out only after every check of the stream passed."""
+
+    def __init__(self, write: Callable[[bytes], None]):
+        self._write = write
+        self._buf = bytearray()
+
+    def add(self, data) -> None:
+        self._buf += data
+        if len(self._buf) >= FLUSH_AT + END_SIZE:
+            self._write(self._buf[:-END_SIZE])  # its errors are the output's (OutputError)
+            del self._buf[:-END_SIZE]
+
+    def close(self) -> None:
+        self._write(self._buf)
+
+
 def send_from_store(store_path: str | os.PathLike, stream_id: str | None,
                     write: Callable[[bytes], None]) -> IndexEntry:
-    """Write the stored stream ``stream_id`` (a unique prefix; None: the newest) to ``write``."""
+    """Write the stored stream ``stream_id`` (a unique prefix; None: the newest) to ``write``.
+
+    The bytes out are the bytes read, copied as the checked reader consumes them, and the
+    checks are those of receive --store (no key): what a store would refuse is not relayed.
+    """
     with Store.open(store_path) as store:
         entry = store.find(stream_id)
         stored = StoredStream(store, entry)
-    buf = bytearray()
+    out = _HeldBack(write)
+    payloads = PayloadCheck()
     try:
-        reader = StreamReader(stored)
-        for raw in reader:
-            if raw.type == RecordType.HEADER:
-                stored.check_header(reader.header)
-                buf += reader.preamble
-            elif raw.type == RecordType.END:
-                stored.check_end(reader.end, raw.index, raw.offset)
-            buf += raw.header
-            buf += raw.body
-            buf += raw.payload
-            if len(buf) >= FLUSH_AT:
-                write(buf)  # its errors are the output's (OutputError), blame leaves them alone
-                buf = bytearray()
+        for event in stored_events(TeeReader(stored, out.add), payloads, ReceiveStats()):
+            if isinstance(event, HeaderEvent):
+                stored.check_header(event.header)
+            elif isinstance(event, EndEvent):
+                stored.check_end(event.end, event.raw.index, event.raw.offset)
     except RawsendError as e:
         stored.blame(e)
         raise
     finally:
+        payloads.close()
         stored.close()
-    write(buf)
+    out.close()
     return entry

@@ -1,6 +1,6 @@
 """Verifying a store: every stored stream rechecked from disk, with or without its key.
 
-Each stream goes through rawsend.pipeline.receive with a NullSink, as
+Each stream goes through the CheckedReader and a NullSink, as
 ``rawsend verify FILE`` does: framing, CRCs, caps, END, structure of clear
 records and, where no key is needed, a full decode of every payload.  With a
 keyring the sealed records are opened and END's MAC checked too.  The file
@@ -14,11 +14,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from rawsend.errors import RawsendError, StoreError
-from rawsend.pipeline import NullSink, ReceiveStats, receive
+from rawsend.pipeline import NullSink, ReceiveStats, deliver
 from rawsend.store.index import IndexEntry
 from rawsend.store.layout import Store
 from rawsend.store.relay import StoredStream
-from rawsend.stream.records import RecordType
+from rawsend.stream.checked import CheckedReader, EndEvent, HeaderEvent
 
 
 @dataclass
@@ -53,14 +53,13 @@ def verify_stream(store: Store, entry: IndexEntry, keyring=None) -> StreamVerdic
     except RawsendError as e:
         return StreamVerdict(entry, error=e)
 
-    def check(raw, rec) -> None:
-        if raw.type == RecordType.HEADER:
-            stored.check_header(rec)
-        elif raw.type == RecordType.END:
-            stored.check_end(rec, raw.index, raw.offset)
-
+    stats = ReceiveStats()
     try:
-        stats = receive(stored, NullSink(), keyring=keyring, require_key=False, on_record=check)
+        for event in deliver(CheckedReader(stored, keyring, require_key=False), NullSink(), stats):
+            if isinstance(event, HeaderEvent):
+                stored.check_header(event.header)
+            elif isinstance(event, EndEvent):
+                stored.check_end(event.end, event.raw.index, event.raw.offset)
     except RawsendError as e:
         stored.blame(e)
         return StreamVerdict(entry, error=e)

@@ -50,14 +50,9 @@ class StreamChecker:
     names: set[bytes] = field(default_factory=set)
 
     def check(self, rec, index: int) -> None:
-        if isinstance(rec, Create):
-            self._create(rec, index)
-        elif isinstance(rec, Link):
-            self._link(rec, index)
-        elif isinstance(rec, Extent):
-            self._extent(rec, index)
-        elif isinstance(rec, SetXattr):
-            self._xattr(rec, index)
+        rule = self._RULES.get(type(rec))
+        if rule is not None:
+            rule(self, rec, index)
 
     def _parent(self, parent_id: int, index: int) -> _Inode:
         parent = self.inodes.get(parent_id)
@@ -136,6 +131,8 @@ class StreamChecker:
         if self.xattr_bytes > self.limits.max_xattr_bytes_per_file:
             raise LimitExceeded(f"xattrs of one file over {self.limits.max_xattr_bytes_per_file} bytes",
                                 record=index)
+
+    _RULES = {Create: _create, Link: _link, Extent: _extent, SetXattr: _xattr}  # by record class
 
     def finish(self, index: int, offset: int | None = None) -> None:
         if not self.inodes:

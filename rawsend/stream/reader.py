@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import BinaryIO, Iterator
+from typing import BinaryIO, Callable, Iterator
 
 from crc32c import crc32c
 
@@ -21,7 +21,7 @@ from rawsend.errors import (
 )
 from rawsend.stream.records import (
     CRC_COVERED, FLAG_SEALED, FLAG_SKIPPABLE, KNOWN_FLAGS, MAGIC, MAX_BODY_LEN, MAX_PAYLOAD_LEN,
-    PREAMBLE, RECORD_HEADER, VERSION, End, Feature, Header, RecordType,
+    PAYLOAD_TYPES, PREAMBLE, RECORD_HEADER, VERSION, End, Feature, Header, RecordType,
 )
 
 
@@ -52,8 +52,9 @@ class RawRecord:
 class StreamReader:
     """Iterate over a stream's records.  After iteration, ``end`` holds the checked END."""
 
-    def __init__(self, stream: BinaryIO):
+    def __init__(self, stream: BinaryIO, on_end: Callable[[RawRecord, End], None] | None = None):
         self._stream = stream
+        self._on_end = on_end  # END's further checks (its MAC), before the check that nothing follows
         self._payload_buf = bytearray(MAX_PAYLOAD_LEN)
         self._digest = hashlib.sha256()
         self.offset = 0
@@ -123,10 +124,9 @@ class StreamReader:
         if payload_len > MAX_PAYLOAD_LEN:
             raise LimitExceeded(f"payload length {payload_len} over the cap {MAX_PAYLOAD_LEN}",
                                 record=index, offset=start)
-        if payload_len and rtype != RecordType.EXTENT:
+        if payload_len and rtype not in PAYLOAD_TYPES:
             # a skippable record carries no file data, so no unknown type may have a payload either
-            name = RecordType.NAMES.get(rtype, f"type {rtype}")
-            raise MalformedRecord(f"{name} record with a payload of {payload_len} bytes;"
+            raise MalformedRecord(f"{RecordType.name_of(rtype)} record with a payload of {payload_len} bytes;"
                                   " only extents carry one", record=index, offset=start)
         body = self._read_exact(body_len, "record body", index)
         payload = self._read_payload(payload_len, index) if payload_len else memoryview(b"")
@@ -210,6 +210,8 @@ class StreamReader:
         if end.digest != self.digest:
             raise DigestMismatch("END digest differs from the digest of the stream",
                                  record=rec.index, offset=rec.offset)
+        if self._on_end is not None:
+            self._on_end(rec, end)
         extra = self._stream.read(1)
         if extra:
             raise TrailingData("bytes follow the END record", record=rec.index + 1, offset=self.offset,

@@ -7,6 +7,7 @@ there.  All integers are little-endian.  Each layout is a module-level
 
 from __future__ import annotations
 
+import enum
 import stat
 import struct
 from dataclasses import dataclass
@@ -35,6 +36,10 @@ MAX_TARGET_LEN = 4095        # symlink target (PATH_MAX - 1)
 MAX_XATTR_NAME_LEN = 255     # XATTR_NAME_MAX
 MAX_XATTR_VALUE_LEN = 65536  # XATTR_SIZE_MAX
 MAX_EXTENT_LEN = 128 * 1024  # unencoded_len and num_bytes, as btrfs
+# btrfs's own caps, which the format shares: BTRFS_MAX_UNCOMPRESSED (file bytes of one
+# extent) and BTRFS_MAX_COMPRESSED (an encoded payload, before any sealing)
+MAX_UNENCODED = MAX_EXTENT_LEN
+MAX_ENCODED = 128 * 1024
 MAX_FILE_SIZE = 2**63 - 1    # largest off_t: file sizes and extent ends
 AEAD_TAG_LEN = 16
 NONCE_LEN = 12
@@ -42,7 +47,7 @@ MAX_BODY_LEN = 68 * 1024     # fits the largest xattr record, sealed
 MAX_PAYLOAD_LEN = MAX_EXTENT_LEN + AEAD_TAG_LEN
 
 
-class RecordType:
+class RecordType(enum.IntEnum):
     HEADER = 1
     MKDIR = 2
     MKFILE = 3
@@ -53,23 +58,49 @@ class RecordType:
     EXTENT = 8
     END = 9
 
-    NAMES = {1: "header", 2: "mkdir", 3: "mkfile", 4: "mknod", 5: "symlink",
-             6: "link", 7: "set_xattr", 8: "extent", 9: "end"}
-
-    # Ranges of later versions (spec "Versioning and extension").  Records that
-    # change the tree or its data are never skippable: a reader that skipped
-    # one would build a different tree than the sender's.
-    NEVER_SKIPPABLE = (range(0, 1),     # 0 is no type: zeroed or damaged bytes
-                       range(10, 32))   # incremental: rename, unlink, ..., clone
-    # 32..47 (signature, hash of the whole stream) are always skippable
-    RESERVED = {10: "rename", 11: "unlink", 12: "rmdir", 13: "truncate", 14: "chmod", 15: "chown",
-                16: "utimes", 17: "remove_xattr", 18: "update_file", 19: "clone",
-                32: "signature", 33: "stream_hash"}
-
     @classmethod
     def may_skip(cls, rtype: int) -> bool:
         """Whether an unknown type may be skipped when its record is marked SKIPPABLE."""
         return rtype not in cls.NAMES and not any(rtype in r for r in cls.NEVER_SKIPPABLE)
+
+    @classmethod
+    def name_of(cls, rtype: int) -> str:
+        """The type's name for messages: its name, or 'type N' when unknown."""
+        return cls.NAMES.get(rtype, f"type {rtype}")
+
+
+# Set after the class, so that they are not members.
+RecordType.NAMES = {t.value: t.name.lower() for t in RecordType}
+# Ranges of later versions (spec "Versioning and extension").  Records that
+# change the tree or its data are never skippable: a reader that skipped
+# one would build a different tree than the sender's.
+RecordType.NEVER_SKIPPABLE = (range(0, 1),     # 0 is no type: zeroed or damaged bytes
+                              range(10, 32))   # incremental: rename, unlink, ..., clone
+# 32..47 (signature, hash of the whole stream) are always skippable
+RecordType.RESERVED = {10: "rename", 11: "unlink", 12: "rmdir", 13: "truncate", 14: "chmod", 15: "chown",
+                       16: "utimes", 17: "remove_xattr", 18: "update_file", 19: "clone",
+                       32: "signature", 33: "stream_hash"}
+
+
+# -- the record registry ----------------------------------------------------------------
+#
+# Each record class declares what the registry needs: TYPES (its type numbers), its
+# layout (a struct.Struct next to it), pack and unpack, PAYLOAD (whether it carries a
+# payload), SEALED (whether its body is sealed in an encrypted stream) and SINK (the
+# Sink method a receiver calls with it, rawsend/stream/sink.py).  Dump's fields live in
+# rawsend/dump.py, one function per class.  A new record type is one class here, one
+# Sink method, its spec section and its vectors.
+
+class _Record:
+    __slots__ = ()
+    TYPES: tuple[int, ...] = ()
+    PAYLOAD = False
+    SEALED = True
+    SINK = ""
+
+    @classmethod
+    def from_body(cls, rtype: int, body: bytes):
+        return cls.unpack(body)
 
 
 # -- HEADER -----------------------------------------------------------------------------
@@ -91,17 +122,20 @@ class Feature:
     SUPPORTED_REQUIRED = ENCRYPTED | LZ4
 
 
-class Cipher:
+class Cipher(enum.IntEnum):
     NONE = 0
     AES_256_GCM = 1
     CHACHA20_POLY1305 = 2
 
-    NAMES = {0: "none", 1: "aes-256-gcm", 2: "chacha20-poly1305"}
-    BY_NAME = {v: k for k, v in NAMES.items()}
+
+Cipher.NAMES = {t.value: t.name.lower().replace("_", "-") for t in Cipher}  # "aes-256-gcm", ...
+Cipher.BY_NAME = {v: k for k, v in Cipher.NAMES.items()}
 
 
 @dataclass(frozen=True, slots=True)
-class Header:
+class Header(_Record):
+    TYPES = (RecordType.HEADER,)
+    SEALED = False
     stream_id: bytes
     created_ns: int
     required_features: int = 0
@@ -150,7 +184,10 @@ ROOT_ID = 1
 
 
 @dataclass(frozen=True, slots=True)
-class Create:
+class Create(_Record):
+    TYPES = (RecordType.MKDIR, RecordType.MKFILE, RecordType.MKNOD, RecordType.SYMLINK)
+    SINK = "create"
+
     type: int
     file_id: int
     parent_id: int
@@ -169,6 +206,10 @@ class Create:
         return CREATE_BODY.pack(self.file_id, self.parent_id, self.mode, self.uid, self.gid,
                                 a_sec, a_nsec, m_sec, m_nsec, self.size,
                                 len(self.name), len(self.target)) + self.name + self.target
+
+    @classmethod
+    def from_body(cls, rtype: int, body: bytes) -> "Create":
+        return cls.unpack(rtype, body)
 
     @classmethod
     def unpack(cls, rtype: int, body: bytes) -> "Create":
@@ -208,7 +249,10 @@ LINK_BODY = struct.Struct("<QQH")  # file_id u64, parent_id u64, name_len u16; t
 
 
 @dataclass(frozen=True, slots=True)
-class Link:
+class Link(_Record):
+    TYPES = (RecordType.LINK,)
+    SINK = "link"
+
     file_id: int
     parent_id: int
     name: bytes
@@ -234,7 +278,10 @@ XATTR_BODY = struct.Struct("<QHI")  # file_id u64, name_len u16, value_len u32; 
 
 
 @dataclass(frozen=True, slots=True)
-class SetXattr:
+class SetXattr(_Record):
+    TYPES = (RecordType.SET_XATTR,)
+    SINK = "xattr"
+
     file_id: int
     name: bytes
     value: bytes
@@ -261,18 +308,23 @@ class SetXattr:
 
 # -- EXTENT -------------------------------------------------------------------------------
 
-class Compression:
-    """btrfs numbering for 0..7; rawsend's own codecs from 16 up."""
+class Compression(enum.IntEnum):
+    """btrfs numbering for 0..7 (BTRFS_ENCODED_IO_COMPRESSION_*); rawsend's own codecs from 16 up."""
 
     NONE = 0
     ZLIB = 1
     ZSTD = 2
-    LZO_4K = 3  # .. LZO_64K = 7, by sector size as btrfs
+    LZO_4K = 3  # LZO is framed per sector: one value per sector size, as btrfs
+    LZO_8K = 4
+    LZO_16K = 5
+    LZO_32K = 6
+    LZO_64K = 7
     LZ4 = 16    # lz4 block format, no size prefix
 
-    NAMES = {0: "none", 1: "zlib", 2: "zstd", 3: "lzo4k", 4: "lzo8k", 5: "lzo16k",
-             6: "lzo32k", 7: "lzo64k", 16: "lz4"}
-    BY_NAME = {v: k for k, v in NAMES.items()}
+
+# The one spelling of each name: the store index, dump and the CLI use these.
+Compression.NAMES = {t.value: t.name.lower().replace("_", "") for t in Compression}  # "lzo4k", ...
+Compression.BY_NAME = {v: k for k, v in Compression.NAMES.items()}
 
 
 # file_id u64, offset u64, num_bytes u64, unencoded_len u64, unencoded_offset u64,
@@ -282,7 +334,12 @@ EXTENT_AAD_LEN = EXTENT_BODY.size - NONCE_LEN  # every field but the nonce is bo
 
 
 @dataclass(frozen=True, slots=True)
-class Extent:
+class Extent(_Record):
+    TYPES = (RecordType.EXTENT,)
+    PAYLOAD = True
+    SEALED = False  # the body stays clear; the payload is sealed (spec "Which records are sealed")
+    SINK = "extent"
+
     file_id: int
     offset: int
     num_bytes: int        # logical bytes this extent fills in the file
@@ -338,7 +395,10 @@ END_BODY = struct.Struct("<QQ32s32s")
 
 
 @dataclass(frozen=True, slots=True)
-class End:
+class End(_Record):
+    TYPES = (RecordType.END,)
+    SEALED = False
+
     record_count: int
     byte_count: int
     digest: bytes
@@ -379,18 +439,14 @@ def _at_least(body, size: int, what: str) -> None:
         raise MalformedRecord(f"{what} body is {len(body)} bytes, expected at least {size}")
 
 
+RECORDS: dict[int, type] = {t: cls for cls in (Header, Create, Link, SetXattr, Extent, End) for t in cls.TYPES}
+PAYLOAD_TYPES = frozenset(t for t, cls in RECORDS.items() if cls.PAYLOAD)
+CLEAR_TYPES = frozenset(t for t, cls in RECORDS.items() if not cls.SEALED)  # clear in an encrypted stream
+
+
 def unpack_body(rtype: int, body: bytes):
     """Typed record from a clear (unsealed) body."""
-    if rtype in _CREATE_KIND:
-        return Create.unpack(rtype, body)
-    if rtype == RecordType.LINK:
-        return Link.unpack(body)
-    if rtype == RecordType.SET_XATTR:
-        return SetXattr.unpack(body)
-    if rtype == RecordType.EXTENT:
-        return Extent.unpack(body)
-    if rtype == RecordType.END:
-        return End.unpack(body)
-    if rtype == RecordType.HEADER:
-        return Header.unpack(body)
-    raise MalformedRecord(f"unknown record type {rtype}")
+    cls = RECORDS.get(rtype)
+    if cls is None:
+        raise MalformedRecord(f"unknown record type {rtype}")
+    return cls.from_body(rtype, body)

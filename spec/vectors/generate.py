@@ -32,9 +32,9 @@ import zstandard
 import zlib
 from crc32c import crc32c
 
-from rawsend.dump import Dumper
+from rawsend.dump import Dumper, dump_stream
 from rawsend.errors import RawsendError
-from rawsend.pipeline import NullSink, receive, send
+from rawsend.pipeline import send
 from rawsend.sources.tree import DataChunk, EncodedChunk
 from rawsend.stream.records import (
     CRC_COVERED, FLAG_SKIPPABLE, HEADER_BODY, PREAMBLE, RECORD_HEADER, Compression, Create, End, Extent,
@@ -352,8 +352,7 @@ def describe(stream: bytes) -> tuple[RawsendError | None, str]:
     dumper = Dumper()
     lines: list[str] = []
     try:
-        receive(io.BytesIO(stream), NullSink(), require_key=False,
-                on_record=lambda raw, rec: lines.append(dumper.line(raw, rec)))
+        dump_stream(io.BytesIO(stream), lambda raw, rec: lines.append(dumper.line(raw, rec)))
     except RawsendError as e:
         lines.append(f"error: {e}")
         return e, "\n".join(lines) + "\n"

@@ -45,9 +45,9 @@ from typing import NamedTuple
 
 from rawsend.codecs.crypto import Keyring, Sealer
 from rawsend.codecs.keys import Key, format_key
-from rawsend.dump import Dumper
+from rawsend.dump import Dumper, dump_stream
 from rawsend.errors import RawsendError
-from rawsend.pipeline import NullSink, receive, send
+from rawsend.pipeline import send
 from rawsend.sources.tree import DataChunk, EncodedChunk
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from generate import fix_crc, frame, record_spans, record_types  # noqa: E402  (record surgery is shared)
@@ -307,8 +307,7 @@ def outcome(stream: bytes, keyring: Keyring | None) -> tuple[RawsendError | None
     dumper = Dumper()
     lines: list[str] = []
     try:
-        receive(io.BytesIO(stream), NullSink(), keyring=keyring, require_key=False,
-                on_record=lambda raw, rec: lines.append(dumper.line(raw, rec)))
+        dump_stream(io.BytesIO(stream), lambda raw, rec: lines.append(dumper.line(raw, rec)), keyring)
     except RawsendError as e:
         lines.append(f"error: {e}")
         return e, lines
