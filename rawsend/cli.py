@@ -591,21 +591,19 @@ def _check_hashed(stream_file, key_files, on_damage=None):
     """The usual verify of a stream file, hashing every byte it reads; then the HEADER and END it found."""
     from rawsend.codecs.signing import HashingReader
     from rawsend.errors import DamagedInput
-    from rawsend.pipeline import NullSink, receive as do_receive
+    from rawsend.pipeline import NullSink, ReceiveStats, deliver
+    from rawsend.stream.checked import CheckedReader, EndEvent, HeaderEvent
 
-    seen = {"header": None, "end": None}
-
-    def keep(raw, rec):
-        if raw.index == 0:
-            seen["header"] = rec
-        elif raw.type == RecordType.END:
-            seen["end"] = rec
-
+    seen = {"header": None, "end": None, "stats": ReceiveStats()}
     with _open_input(stream_file) as stream:
         hashed = HashingReader(stream)
+        reader = CheckedReader(hashed, _load_keyring(key_files), require_key=False)
         try:
-            seen["stats"] = do_receive(hashed, NullSink(), keyring=_load_keyring(key_files), require_key=False,
-                                       on_record=keep)
+            for event in deliver(reader, NullSink(), seen["stats"]):
+                if type(event) is HeaderEvent:
+                    seen["header"] = event.header
+                elif type(event) is EndEvent:
+                    seen["end"] = event.end
         except DamagedInput:
             if on_damage is not None:  # a signature mismatch says more than the first damage found
                 hashed.drain()
