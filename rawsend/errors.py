@@ -188,6 +188,12 @@ class StoreError(LocalError):
     """store problem: {detail}"""
 
 
+class DecoderMissing(LocalError):
+    """cannot decode-check here: {detail}"""
+
+    # the input may be sound: this host lacks the decoder, which is a local matter
+
+
 # -- keys: exit 4 ----------------------------------------------------------------------
 
 class KeyProblem(RawsendError):
