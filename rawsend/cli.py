@@ -23,6 +23,7 @@ from rawsend import __version__
 from rawsend.errors import (
     InternalError, Interrupted, LocalError, OutputClosed, OutputError, RawsendError, SendWarning, SourceError,
 )
+from rawsend.outfile import atomic_output
 from rawsend.stream.records import Compression
 from rawsend.text import echo, json_line
 
@@ -70,18 +71,19 @@ def _warn(text: str) -> None:
     _err(f"warning: {text}")
 
 
-def _open_output(output: str | None) -> int:
-    """The stream's file descriptor: -o FILE, or stdout unless that is a terminal."""
-    if output:
-        try:
-            return os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-        except OSError as e:
-            raise OutputError(f"{e.strerror}", path=output) from None
+@contextmanager
+def _output(output: str | None, tag: str):
+    """The stream's file descriptor: -o FILE (written beside it and renamed into place when
+    complete), or stdout for no -o or -o -, unless stdout is a terminal."""
+    if output not in (None, "-"):
+        with atomic_output(output, tag) as fd:
+            yield fd
+        return
     if os.isatty(1):
         raise click.UsageError("refusing to write a binary stream to a terminal; "
                                "pipe it (| rawsend receive DIR) or use -o FILE")
     _enlarge_pipe(1)
-    return 1
+    yield 1
 
 
 def _load_keyring(key_files):
@@ -168,7 +170,8 @@ def main():
 @main.command()
 # existence and access are checked when opened: a missing or unreadable path is a local problem (3)
 @click.argument("source", type=click.Path(readable=False))
-@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write the stream here instead of stdout.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, allow_dash=True),
+              help="Write the stream to FILE (renamed into place once complete; - is stdout) instead of stdout.")
 @click.option("--compress", "compress_name", type=click.Choice(["zstd", "zlib", "lz4", "none"]),
               default="zstd", show_default=True, help="Codec for extents that are not already compressed.")
 @click.option("--level", type=int, default=None, help="Compression level (zstd default 3, zlib 3).")
@@ -214,17 +217,15 @@ def send(source, output, compress_name, level, encrypt_key, cipher, threads, no_
         from rawsend.codecs.keys import load_key
         from rawsend.stream.records import Cipher
         sealer = Sealer(load_key(encrypt_key, warn=_warn), Cipher.BY_NAME[cipher])
-    out_fd = _open_output(output)
     tree, report = _tree_source(source, raw=not no_raw)
-    bar = Progress(progress, "send")
-    started = time.monotonic()
-    try:
-        stats = do_send(tree, fd_writer(out_fd), compression=compression, level=level,
-                        threads=threads, sealer=sealer, progress=bar)
-    finally:
-        bar.close()
-        if output:
-            os.close(out_fd)
+    with _output(output, "send") as out_fd:
+        bar = Progress(progress, "send")
+        started = time.monotonic()
+        try:
+            stats = do_send(tree, fd_writer(out_fd), compression=compression, level=level,
+                            threads=threads, sealer=sealer, progress=bar)
+        finally:
+            bar.close()
     elapsed = time.monotonic() - started
     for w in report.warnings:
         _err(f"warning: {w}")
@@ -386,13 +387,9 @@ def _relay_store(store, stream_id, output) -> None:
     from rawsend.store import send_from_store
     from rawsend.stream.writer import fd_writer
 
-    out_fd = _open_output(output)
     started = time.monotonic()
-    try:
+    with _output(output, "send") as out_fd:
         entry = send_from_store(store, stream_id, fd_writer(out_fd))
-    finally:
-        if output:
-            os.close(out_fd)
     _err(f"relayed stream {entry.stream_id} from store {store}: {_human(entry.stored_bytes)} as stored "
          f"({_human(entry.logical_bytes)} of data) in {time.monotonic() - started:.2f} s")
 
@@ -547,42 +544,16 @@ def keygen(output):
               help="Key file to seal it with.")
 @click.option("-i", "--input", "input_path", type=click.Path(dir_okay=False, allow_dash=True, readable=False),
               help="Read the stream from FILE instead of stdin.")
-@click.option("-o", "--output", type=click.Path(dir_okay=False),
-              help="Write the new stream to FILE (replaced only on success) instead of stdout.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, allow_dash=True),
+              help="Write the new stream to FILE (replaced only on success; - is stdout) instead of stdout.")
 def rekey(old_key, new_key, input_path, output):
     """Reseal an encrypted stream under another key; extent payloads keep their bytes and encoding."""
-    import secrets
-
     from rawsend.codecs.keys import load_key
     from rawsend.rekey import rekey as do_rekey
     from rawsend.stream.writer import fd_writer
 
     old, new = load_key(old_key, warn=_warn), load_key(new_key, warn=_warn)
-    temp = None
-    if output:
-        target = Path(output)
-        temp = target.parent / f".{target.name}.rekey-{os.getpid()}-{secrets.token_hex(4)}"
-        try:
-            out_fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-        except OSError as e:
-            raise OutputError(f"{e.strerror}", path=str(temp)) from None
-    else:
-        if os.isatty(1):
-            raise click.UsageError("refusing to write a binary stream to a terminal; pipe it or use -o FILE")
-        out_fd = 1
-        _enlarge_pipe(1)
-    done = False
-    try:
-        with _open_input(input_path) as stream:
-            stats = do_rekey(stream, fd_writer(out_fd), old, new)
-        if temp is not None:
-            os.fsync(out_fd)
-            os.rename(temp, output)
-        done = True
-    finally:
-        if temp is not None:
-            os.close(out_fd)
-            if not done:
-                os.unlink(temp)
+    with _output(output, "rekey") as out_fd, _open_input(input_path) as stream:
+        stats = do_rekey(stream, fd_writer(out_fd), old, new)
     _err(f"rekeyed {stats.records} records ({stats.extents} extents, {_human(stats.payload_bytes)} of payload"
          f" kept as it was) from key id {stats.old_key_id} to key id {stats.new_key_id}")

@@ -68,3 +68,64 @@ def test_damaged_lzo_framing_is_still_damage_without_python_lzo(tmp_path, no_lzo
     path.write_bytes(stream)
     proc = run_rawsend("verify", str(path), env=no_lzo_env)
     assert proc.returncode == 1 and b"cannot decode extent payload: lzo: total length" in proc.stderr, proc.stderr
+
+
+# -- -o FILE is atomic; -o - is stdout ------------------------------------------------------------
+
+def _tree(root: Path, size: int = 0) -> Path:
+    root.mkdir()
+    (root / "small").write_bytes(b"small file\n")
+    if size:
+        (root / "big").write_bytes(os.urandom(size))
+    return root
+
+
+def _limit_file_size(limit: int):
+    def apply():
+        import resource
+        import signal
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    return apply
+
+
+def test_a_send_that_fails_midway_leaves_the_existing_stream_as_it_was(tmp_path):
+    out = tmp_path / "out" / "s.rs"
+    out.parent.mkdir()
+    run_rawsend("send", "-o", str(out), str(_tree(tmp_path / "a")), check=True)
+    good = out.read_bytes()
+    proc = run_rawsend("send", "--compress", "none", "-o", str(out), str(_tree(tmp_path / "b", 1 << 20)),
+                       preexec_fn=_limit_file_size(256 << 10))
+    assert proc.returncode == 3 and b"cannot write output" in proc.stderr, proc.stderr
+    assert out.read_bytes() == good
+    assert sorted(p.name for p in out.parent.iterdir()) == ["s.rs"]  # no temporary file left either
+    assert run_rawsend("verify", str(out)).returncode == 0
+
+
+def test_a_failed_send_creates_no_file_under_the_final_name(tmp_path):
+    out = tmp_path / "s.rs"
+    proc = run_rawsend("send", "--compress", "none", "-o", str(out), str(_tree(tmp_path / "b", 1 << 20)),
+                       preexec_fn=_limit_file_size(256 << 10))
+    assert proc.returncode == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]
+
+
+def test_send_dash_o_dash_writes_the_stream_to_stdout(tmp_path):
+    src = _tree(tmp_path / "src")
+    proc = run_rawsend("send", "-o", "-", str(src), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert not (tmp_path / "-").exists()
+    back = run_rawsend("receive", str(tmp_path / "dst"), input=proc.stdout)
+    assert back.returncode == 0 and (tmp_path / "dst" / "small").read_bytes() == b"small file\n"
+
+
+def test_rekey_dash_o_dash_writes_the_stream_to_stdout(tmp_path):
+    k1, k2 = tmp_path / "k1", tmp_path / "k2"
+    run_rawsend("keygen", "-o", str(k1), check=True)
+    run_rawsend("keygen", "-o", str(k2), check=True)
+    sealed = run_rawsend("send", "--encrypt", str(k1), str(_tree(tmp_path / "src")), check=True).stdout
+    proc = run_rawsend("rekey", "--from", str(k1), "--to", str(k2), "-o", "-", input=sealed, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert not (tmp_path / "-").exists()
+    back = run_rawsend("receive", "--key-file", str(k2), str(tmp_path / "dst"), input=proc.stdout)
+    assert back.returncode == 0 and (tmp_path / "dst" / "small").read_bytes() == b"small file\n"
