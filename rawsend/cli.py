@@ -15,7 +15,6 @@ import stat
 import sys
 import time
 from contextlib import contextmanager
-from pathlib import Path
 
 import click
 
@@ -206,6 +205,7 @@ def send(source, output, compress_name, level, encrypt_key, cipher, threads, no_
     from rawsend.codecs.compress import DEFAULT_LEVELS
     from rawsend.pipeline import send as do_send
     from rawsend.progress import Progress
+    from rawsend.sources.tree import WalkRules
     from rawsend.stream.writer import fd_writer
 
     compression = Compression.BY_NAME[compress_name]
@@ -219,6 +219,7 @@ def send(source, output, compress_name, level, encrypt_key, cipher, threads, no_
         sealer = Sealer(load_key(encrypt_key, warn=_warn), Cipher.BY_NAME[cipher])
     tree, report = _tree_source(source, raw=not no_raw)
     with _output(output, "send") as out_fd:
+        tree.rules = WalkRules(skip_inodes=_own_output(out_fd, output))
         bar = Progress(progress, "send")
         started = time.monotonic()
         try:
@@ -238,6 +239,21 @@ def send(source, output, compress_name, level, encrypt_key, cipher, threads, no_
          + _btrfs_send_summary(report))
     if report.warnings:
         sys.exit(SendWarning.exit_code)
+
+
+def _own_output(out_fd: int, output: str | None) -> dict:
+    """(dev, ino) of the stream file being written, and of the one it replaces, for the walk to skip."""
+    inodes = {}
+    st = os.fstat(out_fd)
+    if stat.S_ISREG(st.st_mode):
+        inodes[(st.st_dev, st.st_ino)] = output or "the standard output"
+    if output not in (None, "-"):
+        try:
+            st = os.stat(output)
+            inodes[(st.st_dev, st.st_ino)] = output
+        except OSError:
+            pass
+    return inodes
 
 
 def _check_source(path: str) -> None:

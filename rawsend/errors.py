@@ -328,6 +328,14 @@ class SkippedSocket(SendNotice):
     """socket ignored (a socket cannot be sent)"""
 
 
+class SkippedOutput(SendNotice):
+    """file is the stream being written; not sent"""
+
+
+class OtherFilesystem(SendNotice):
+    """directory is on another filesystem; sent empty (--one-file-system)"""
+
+
 # The exit codes, in the order of the README's table (0 is success).
 EXIT_CODES = (DamagedInput, UsageError, LocalError, KeyProblem, SendWarning, InternalError, Interrupted,
               OutputClosed)

@@ -129,3 +129,19 @@ def test_rekey_dash_o_dash_writes_the_stream_to_stdout(tmp_path):
     assert not (tmp_path / "-").exists()
     back = run_rawsend("receive", "--key-file", str(k2), str(tmp_path / "dst"), input=proc.stdout)
     assert back.returncode == 0 and (tmp_path / "dst" / "small").read_bytes() == b"small file\n"
+
+
+# -- send does not put its own output into the stream -----------------------------------------------
+
+def test_send_into_its_own_source_skips_the_stream_file_with_a_note(tmp_path):
+    src = _tree(tmp_path / "src")
+    out = src / "x.rs"
+    for _ in range(2):  # the second time a previous x.rs exists and is replaced
+        proc = run_rawsend("send", "-o", str(out), str(src))
+        assert proc.returncode == 0, proc.stderr
+        assert f"note: {out}: file is the stream being written; not sent".encode() in proc.stderr
+        back = run_rawsend("receive", "-f", str(out), str(tmp_path / "dst"))
+        assert back.returncode == 0, back.stderr
+        assert sorted(p.name for p in (tmp_path / "dst").iterdir()) == ["small"]
+        import shutil
+        shutil.rmtree(tmp_path / "dst")
