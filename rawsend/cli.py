@@ -9,6 +9,7 @@ table is made from them): 1 damaged or forged input, 2 usage, 3 a local problem,
 from __future__ import annotations
 
 import fcntl
+import functools
 import os
 import signal
 import stat
@@ -51,19 +52,46 @@ def _err(text: str) -> None:
 
 
 def _open_input(path: str | None):
+    """The stream to read: FILE, or stdin for none or -."""
     if path in (None, "-"):
+        how = _input_spelling()
         if os.isatty(0):  # waiting for a stream typed at a terminal would only hang
             raise click.UsageError("refusing to read a binary stream from a terminal; "
-                                   "pipe one in (rawsend send DIR | ...) or use -f FILE")
+                                   f"pipe one in (rawsend send DIR | ...) or give {how}")
         _enlarge_pipe(0)
         try:
             return open(0, "rb", buffering=1 << 20, closefd=False)
         except OSError:
-            raise click.UsageError("there is no standard input: pipe a stream in or use -f FILE") from None
+            raise click.UsageError(f"there is no standard input: pipe a stream in or give {how}") from None
     try:
         return open(path, "rb", buffering=1 << 20)
     except OSError as e:
         raise LocalError(f"cannot open the stream file: {e.strerror}", path=path) from None
+
+
+def _input_spelling() -> str:
+    """How the running command names a stream file, for messages."""
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None and ctx.command.name == "receive":
+        return "-f FILE"
+    return "STREAM or -f FILE"
+
+
+def stream_input(func):
+    """The one input convention: a positional STREAM or -f FILE; - (or neither) is stdin.
+
+    The command gets ``stream_file``: the path, or "-".
+    """
+    @functools.wraps(func)
+    def wrapper(*args, stream=None, file_opt=None, **kwargs):
+        if stream is not None and file_opt is not None:
+            raise click.UsageError("give the stream once: as STREAM or as -f FILE")
+        return func(*args, stream_file=stream if stream is not None else (file_opt or "-"), **kwargs)
+
+    wrapper = click.option("-f", "--file", "file_opt", metavar="FILE",
+                           type=click.Path(allow_dash=True, readable=False),
+                           help="Read the stream from FILE (- is stdin), as STREAM does.")(wrapper)
+    return click.argument("stream", required=False, type=click.Path(allow_dash=True, readable=False))(wrapper)
 
 
 def _warn(text: str) -> None:
@@ -301,7 +329,7 @@ def _btrfs_send_summary(report) -> str:
 @main.command()
 @click.argument("dest", type=click.Path(file_okay=False))
 @click.option("-f", "--file", "input_path", type=click.Path(dir_okay=False, allow_dash=True, readable=False),
-              help="Read the stream from FILE instead of stdin.")
+              help="Read the stream from FILE (- is stdin) instead of stdin.")
 @click.option("--key-file", "key_files", multiple=True, type=click.Path(readable=False),
               help="Key for an encrypted stream (repeatable; the stream's key id picks one).")
 @click.option("--preserve-owner/--no-preserve-owner", default=None,
@@ -479,13 +507,12 @@ def ls(store, as_json):
 # -- dump / verify ------------------------------------------------------------------------------
 
 @main.command()
-@click.argument("stream_file", required=False, default="-",
-                type=click.Path(dir_okay=False, allow_dash=True, readable=False))
+@stream_input
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 @click.option("--key-file", "key_files", multiple=True, type=click.Path(readable=False),
               help="Key to show the names inside an encrypted stream.")
 def dump(stream_file, as_json, key_files):
-    """Print the header and one line per record of a stream (FILE or - for stdin)."""
+    """Print the header and one line per record of a stream (STREAM or -f FILE; - or none is stdin)."""
     from rawsend.dump import Dumper
     from rawsend.pipeline import NullSink, receive as do_receive
 
@@ -500,7 +527,7 @@ def dump(stream_file, as_json, key_files):
 
 
 @main.command()
-@click.argument("stream_file", required=False, default="-", type=click.Path(allow_dash=True, readable=False))
+@stream_input
 @click.option("--key-file", "key_files", multiple=True, type=click.Path(readable=False),
               help="Authenticate an encrypted stream with this key.")
 @click.option("--stream", "stream_id", default=None,
@@ -508,7 +535,7 @@ def dump(stream_file, as_json, key_files):
 def verify(stream_file, key_files, stream_id):
     """Check a stream's framing, every CRC, the digest and END; decode every payload.
 
-    Given a store directory, check every stored stream (no key needed).
+    The stream is STREAM or -f FILE (- or none is stdin).  Given a store directory, check every stored stream (no key needed).
     """
     from rawsend.pipeline import NullSink, receive as do_receive
 
@@ -558,18 +585,23 @@ def keygen(output):
               help="Key file the stream is sealed with now.")
 @click.option("--to", "new_key", required=True, type=click.Path(readable=False),
               help="Key file to seal it with.")
-@click.option("-i", "--input", "input_path", type=click.Path(dir_okay=False, allow_dash=True, readable=False),
-              help="Read the stream from FILE instead of stdin.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, allow_dash=True),
               help="Write the new stream to FILE (replaced only on success; - is stdout) instead of stdout.")
-def rekey(old_key, new_key, input_path, output):
-    """Reseal an encrypted stream under another key; extent payloads keep their bytes and encoding."""
+@stream_input
+@click.option("-i", "--input", "input_path", type=click.Path(allow_dash=True, readable=False), hidden=True)
+def rekey(old_key, new_key, input_path, output, stream_file):
+    """Reseal an encrypted stream (STREAM or -f FILE; - or none is stdin) under another key;
+    extent payloads keep their bytes and encoding."""
+    if input_path is not None:  # the older spelling of -f
+        if stream_file != "-":
+            raise click.UsageError("give the stream once: as STREAM, -f FILE or -i FILE")
+        stream_file = input_path
     from rawsend.codecs.keys import load_key
     from rawsend.rekey import rekey as do_rekey
     from rawsend.stream.writer import fd_writer
 
     old, new = load_key(old_key, warn=_warn), load_key(new_key, warn=_warn)
-    with _output(output, "rekey") as out_fd, _open_input(input_path) as stream:
+    with _output(output, "rekey") as out_fd, _open_input(stream_file) as stream:
         stats = do_rekey(stream, fd_writer(out_fd), old, new)
     _err(f"rekeyed {stats.records} records ({stats.extents} extents, {_human(stats.payload_bytes)} of payload"
          f" kept as it was) from key id {stats.old_key_id} to key id {stats.new_key_id}")
