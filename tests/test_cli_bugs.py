@@ -145,3 +145,25 @@ def test_send_into_its_own_source_skips_the_stream_file_with_a_note(tmp_path):
         assert sorted(p.name for p in (tmp_path / "dst").iterdir()) == ["small"]
         import shutil
         shutil.rmtree(tmp_path / "dst")
+
+
+# -- --level is checked against the codec ----------------------------------------------------------
+
+@pytest.mark.parametrize("args, says", [
+    (["--level", "99"], "99 is not a zstd level: give 1-19"),
+    (["--level", "-5"], "-5 is not a zstd level: give 1-19"),
+    (["--compress", "zlib", "--level", "10"], "10 is not a zlib level: give 1-9"),
+    (["--compress", "lz4", "--level", "3"], "--compress lz4 has no levels (levels: zstd 1-19, zlib 1-9)"),
+    (["--compress", "none", "--level", "1"], "--compress none has no levels"),
+])
+def test_a_level_outside_the_codec_range_is_a_usage_error_saying_what_is_valid(tmp_path, args, says):
+    src = _tree(tmp_path / "src")
+    proc = run_rawsend("send", *args, "-o", str(tmp_path / "s.rs"), str(src))
+    assert proc.returncode == 2 and says.encode() in proc.stderr, proc.stderr
+    assert not (tmp_path / "s.rs").exists()
+
+
+@pytest.mark.parametrize("args", [["--level", "1"], ["--level", "19"], ["--compress", "zlib", "--level", "9"]])
+def test_levels_at_the_ends_of_the_range_are_taken(tmp_path, args):
+    proc = run_rawsend("send", *args, "-o", str(tmp_path / "s.rs"), str(_tree(tmp_path / "src")))
+    assert proc.returncode == 0, proc.stderr
