@@ -47,6 +47,11 @@ def _human(n: float) -> str:
     return f"{n} B"
 
 
+def _n(count: int, noun: str) -> str:
+    """A count and its noun, singular for exactly one: "1 file", "2 files", "0 hard links"."""
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
 def _err(text: str) -> None:
     echo(f"rawsend: {text}", err=True)
 
@@ -263,9 +268,9 @@ def send(source, output, compress_name, level, encrypt_key, cipher, threads, no_
     for note in report.notices:
         _err(f"note: {note}")
     mix = ", ".join(f"{k} {v}" for k, v in sorted(stats.by_compression.items())) or "no extents"
-    _err(f"sent {report.files} files, {report.dirs} dirs, {report.symlinks} symlinks, "
-         f"{report.hardlinks} hard links: {_human(stats.logical_bytes)} of data as "
-         f"{_human(stats.stream_bytes)} of stream ({stats.extents} extents: {mix}) in {elapsed:.2f} s"
+    _err(f"sent {_n(report.files, 'file')}, {_n(report.dirs, 'dir')}, {_n(report.symlinks, 'symlink')}, "
+         f"{_n(report.hardlinks, 'hard link')}: {_human(stats.logical_bytes)} of data as "
+         f"{_human(stats.stream_bytes)} of stream ({_n(stats.extents, 'extent')}: {mix}) in {elapsed:.2f} s"
          + _btrfs_send_summary(report))
     if report.warnings:
         sys.exit(SendWarning.exit_code)
@@ -334,9 +339,9 @@ def _reasons(counts: dict[str, int]) -> str:
 def _btrfs_send_summary(report) -> str:
     if not hasattr(report, "raw_extents") or not (report.raw_extents or report.decoded_extents):
         return ""
-    text = f"; {report.raw_extents} extents as stored on btrfs ({_human(report.raw_bytes)})"
+    text = f"; {_n(report.raw_extents, 'extent')} as stored on btrfs ({_human(report.raw_bytes)})"
     if report.decoded_extents:
-        text += (f", {report.decoded_extents} compressed extents sent decoded"
+        text += (f", {_n(report.decoded_extents, 'compressed extent')} sent decoded"
                  f" ({_reasons(report.decoded_reasons)})")
     return text
 
@@ -417,24 +422,24 @@ def receive(dest, input_path, key_files, preserve_owner, preserve_special, prese
               f" privileges in {dest}; --no-preserve-owner drops them")
     extra = []
     if sink.report.skipped_special - sink.report.skipped_devices:
-        extra.append(f"{sink.report.skipped_special - sink.report.skipped_devices} special files skipped"
+        extra.append(f"{_n(sink.report.skipped_special - sink.report.skipped_devices, 'special file')} skipped"
                      " (--preserve-special)")
     if sink.report.skipped_devices:
-        extra.append(f"{sink.report.skipped_devices} device nodes skipped (--preserve-devices, as root)")
+        extra.append(f"{_n(sink.report.skipped_devices, 'device node')} skipped (--preserve-devices, as root)")
     if sink.report.skipped_xattrs:
-        extra.append(f"{sink.report.skipped_xattrs} xattrs not set")
+        extra.append(f"{_n(sink.report.skipped_xattrs, 'xattr')} not set")
     if sink.report.stripped_modes:
-        extra.append(f"{sink.report.stripped_modes} setuid/setgid bits dropped (--preserve-owner)")
+        extra.append(f"{_n(sink.report.stripped_modes, 'setuid/setgid bit')} dropped (--preserve-owner)")
     if sink.report.encoded_extents or sink.report.decoded_extents:
         reasons = _reasons(sink.report.decoded_reasons)
-        extra.append(f"{sink.report.encoded_extents} extents written encoded, {sink.report.decoded_extents} decoded"
+        extra.append(f"{_n(sink.report.encoded_extents, 'extent')} written encoded, {sink.report.decoded_extents} decoded"
                      + (f" ({reasons})" if reasons else ""))
     if sink.report.unchecked_extents:
-        extra.append(f"{sink.report.unchecked_extents} LZO extents written without a decode check "
+        extra.append(f"{_n(sink.report.unchecked_extents, 'LZO extent')} written without a decode check "
                      "(install rawsend[lzo] to check them)")
-    _err(f"received {stats.files} files, {stats.dirs} dirs, {stats.symlinks} symlinks, "
-         f"{stats.hardlinks} hard links, {_human(stats.logical_bytes)} of data "
-         f"({stats.extents} extents, {_human(stats.stream_bytes)} of stream) into {dest} in {elapsed:.2f} s"
+    _err(f"received {_n(stats.files, 'file')}, {_n(stats.dirs, 'dir')}, {_n(stats.symlinks, 'symlink')}, "
+         f"{_n(stats.hardlinks, 'hard link')}, {_human(stats.logical_bytes)} of data "
+         f"({_n(stats.extents, 'extent')}, {_human(stats.stream_bytes)} of stream) into {dest} in {elapsed:.2f} s"
          + ("; " + "; ".join(extra) if extra else ""))
 
 
@@ -470,7 +475,7 @@ def _receive_store(store, input_path, limits, progress) -> None:
     if not receipt.stored:
         _err(f"stream {e.stream_id} is already in store {receipt.store} with identical bytes; nothing stored")
         return
-    _err(f"stored stream {e.stream_id} in {receipt.store}: {e.records} records, {_human(e.logical_bytes)} of data "
+    _err(f"stored stream {e.stream_id} in {receipt.store}: {_n(e.records, 'record')}, {_human(e.logical_bytes)} of data "
          f"as {_human(e.stored_bytes)}, {'encrypted, key id ' + e.key_id if e.encrypted else 'not encrypted'}"
          f" in {time.monotonic() - started:.2f} s")
 
@@ -487,11 +492,11 @@ def _verify_store(store, stream_id, key_files) -> None:
             continue
         e, stats = verdict.entry, verdict.stats
         files = e.files if e.encrypted and not stats.authenticated else stats.files
-        summary = (f"{stats.records} records, {files} files, {_human(stats.logical_bytes)} logical, "
+        summary = (f"{_n(stats.records, 'record')}, {_n(files, 'file')}, {_human(stats.logical_bytes)} logical, "
                    f"{_human(stats.stream_bytes)} stored")
         echo(f"{e.stream_id}: {_verdict(stats, summary)}")
     if failed:
-        _err(f"{len(failed)} of {checked} stored streams failed verification")
+        _err(f"{len(failed)} of {_n(checked, 'stored stream')} failed verification")
         sys.exit(failed[0].exit_code)
     if not checked:
         echo("the store holds no stream")
@@ -514,7 +519,7 @@ def ls(store, as_json):
         mix = ",".join(f"{name}:{n}" for name, n in e.compression.items()) or "no-extents"
         crypt = f"encrypted {e.cipher} key {e.key_id}" if e.encrypted else "not-encrypted"
         echo(f"{e.stream_id}  {_utc(e.received_ns)}  {_human(e.logical_bytes)} logical  "
-             f"{_human(e.stored_bytes)} stored  {e.files} files  {mix}  {crypt}")
+             f"{_human(e.stored_bytes)} stored  {_n(e.files, 'file')}  {mix}  {crypt}")
     for error in damaged:
         _err(str(error))
     if damaged:
@@ -564,8 +569,8 @@ def verify(stream_file, key_files, stream_id):
     with _open_input(stream_file) as stream:
         stats = do_receive(stream, NullSink(), keyring=_load_keyring(key_files), require_key=False)
     sealed = stats.encrypted and not stats.authenticated  # names and counts are inside sealed records
-    files = "unknown files and dirs (sealed)" if sealed else f"{stats.files} files, {stats.dirs} dirs"
-    summary = (f"{stats.records} records, {files}, "
+    files = "unknown files and dirs (sealed)" if sealed else f"{_n(stats.files, 'file')}, {_n(stats.dirs, 'dir')}"
+    summary = (f"{_n(stats.records, 'record')}, {files}, "
                f"{_human(stats.logical_bytes)} logical, {_human(stats.stream_bytes)} stream")
     echo(_verdict(stats, summary))
 
@@ -620,5 +625,5 @@ def rekey(old_key, new_key, input_path, output, stream_file):
     old, new = load_key(old_key, warn=_warn), load_key(new_key, warn=_warn)
     with _output(output, "rekey") as out_fd, _open_input(stream_file) as stream:
         stats = do_rekey(stream, fd_writer(out_fd), old, new)
-    _err(f"rekeyed {stats.records} records ({stats.extents} extents, {_human(stats.payload_bytes)} of payload"
+    _err(f"rekeyed {_n(stats.records, 'record')} ({_n(stats.extents, 'extent')}, {_human(stats.payload_bytes)} of payload"
          f" kept as it was) from key id {stats.old_key_id} to key id {stats.new_key_id}")

@@ -167,3 +167,26 @@ def test_a_level_outside_the_codec_range_is_a_usage_error_saying_what_is_valid(t
 def test_levels_at_the_ends_of_the_range_are_taken(tmp_path, args):
     proc = run_rawsend("send", *args, "-o", str(tmp_path / "s.rs"), str(_tree(tmp_path / "src")))
     assert proc.returncode == 0, proc.stderr
+
+
+# -- counts: singular for one -----------------------------------------------------------------------
+
+def test_summaries_say_one_file_not_one_files(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a").write_bytes(b"data")
+    os.link(src / "a", src / "b")
+    os.symlink("a", src / "c")
+    out = tmp_path / "s.rs"
+    sent = run_rawsend("send", "-o", str(out), str(src))
+    assert sent.returncode == 0, sent.stderr
+    assert b"sent 1 file, 1 dir, 1 symlink, 1 hard link: 4 B of data" in sent.stderr
+    assert b"(1 extent: none 1)" in sent.stderr
+    got = run_rawsend("receive", "-f", str(out), str(tmp_path / "dst"))
+    assert b"received 1 file, 1 dir, 1 symlink, 1 hard link, 4 B of data (1 extent, " in got.stderr, got.stderr
+    verified = run_rawsend("verify", str(out))
+    assert b", 1 file, 1 dir, " in verified.stdout and b" 1 files" not in verified.stdout
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    none = run_rawsend("send", "-o", str(tmp_path / "e.rs"), str(empty))
+    assert b"sent 0 files, 1 dir, 0 symlinks, 0 hard links" in none.stderr
