@@ -166,7 +166,7 @@ def test_send_notes_show_local_names_escaped(env, tmp_path):
     assert proc.returncode == 0, proc.stderr
     note, summary = _printable_lines(proc.stderr)
     assert note.startswith("rawsend: note: ")
-    assert note.endswith("/s\\xff\\x1b]0;pwned\\x07\\nrawsend: forged: socket ignored")
+    assert note.endswith("/s\\xff\\x1b]0;pwned\\x07\\nrawsend: forged: socket ignored (a socket cannot be sent)")
     assert summary.startswith("rawsend: sent 0 files")
 
 
