@@ -21,7 +21,7 @@ import click
 
 from rawsend import __version__
 from rawsend.errors import (
-    InternalError, Interrupted, LocalError, OutputClosed, OutputError, RawsendError, SendWarning, SourceError,
+    InternalError, Interrupted, LocalError, OutputClosed, RawsendError, SendWarning, SourceError, UsageError,
 )
 from rawsend.outfile import atomic_output
 from rawsend.stream.records import Compression
@@ -179,8 +179,12 @@ class RawsendGroup(click.Group):
             _exit_with(Interrupted(signal.SIGINT))
         except BrokenPipeError:  # printing to a closed stdout; a stream's fd_writer raises OutputClosed
             _exit_with(OutputClosed())
+        except click.UsageError as e:  # one line and where to look, not click's usage block
+            sub = e.ctx is not None and e.ctx.parent is not None
+            hint = f"'rawsend {e.ctx.info_name} --help' shows the usage" if sub else "'rawsend --help' lists the commands"
+            _exit_with(UsageError(e.format_message().rstrip("."), hint=hint))
         except (click.ClickException, click.exceptions.Exit, click.Abort):
-            raise  # usage errors and --help: click prints them and exits 2 or 0
+            raise  # --help and click's other exits: click prints them and exits 2 or 0
         except OSError as e:  # a local problem no layer below named more precisely
             _exit_with(LocalError(e.strerror or str(e), path=e.filename))
         except Exception as e:

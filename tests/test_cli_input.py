@@ -50,3 +50,14 @@ def test_receive_reads_dash_f_dash_as_stdin(tmp_path):
     proc = run_rawsend("receive", "-f", "-", str(tmp_path / "dst"), input=GOOD.read_bytes())
     assert proc.returncode == 0, proc.stderr
     assert any((tmp_path / "dst").iterdir())
+
+
+@pytest.mark.parametrize("args, line", [
+    (["verify", "--bogus"], "rawsend: usage error: No such option '--bogus'; 'rawsend verify --help' shows the usage"),
+    (["receive"], "rawsend: usage error: Missing argument 'DEST'; 'rawsend receive --help' shows the usage"),
+    (["bogus"], "rawsend: usage error: No such command 'bogus'; 'rawsend --help' lists the commands"),
+])
+def test_a_usage_error_is_one_line_with_a_hint(args, line):
+    proc = run_rawsend(*args)
+    assert proc.returncode == 2
+    assert proc.stderr.decode() == line + "\n"

@@ -76,7 +76,7 @@ def test_preserve_devices_has_no_meaning_for_a_store(tmp_path):
     proc = run_rawsend("receive", "--store", "--preserve-devices", "-f", str(stream), str(tmp_path / "store"))
     err = proc.stderr.decode()
     assert proc.returncode == 2
-    assert "Error: --preserve-devices cannot apply with --store" in err
+    assert "usage error: --preserve-devices cannot apply with --store" in err
 
 
 # -- modes of special files ---------------------------------------------------------------------------
