@@ -56,6 +56,73 @@ def _err(text: str) -> None:
     echo(f"rawsend: {text}", err=True)
 
 
+# -q: -1, default 0, -v: 1, -vv: 2; set by each command's -v/-q (see with_verbosity)
+_verbosity = 0
+
+
+def _note(text: str) -> None:
+    """A summary or note on stderr; -q silences it (errors and send's warnings are always said)."""
+    if _verbosity >= 0:
+        _err(text)
+
+
+def _result(text: str) -> None:
+    """verify's verdict on stdout; -q leaves only the exit status to say it."""
+    if _verbosity >= 0:
+        echo(text)
+
+
+def with_verbosity(func):
+    """-v (each file; -vv each record too) and -q (errors only) on a command."""
+    @functools.wraps(func)
+    def wrapper(*args, verbose=0, quiet=False, **kwargs):
+        global _verbosity
+        if verbose and quiet:
+            raise click.UsageError("-v and -q contradict each other: give one")
+        _verbosity = -1 if quiet else verbose
+        return func(*args, **kwargs)
+
+    wrapper = click.option("-q", "--quiet", is_flag=True, help="Print only errors (and send's warnings).")(wrapper)
+    return click.option("-v", "--verbose", count=True,
+                        help="Name each file as it is sent or received (-vv: each record too).")(wrapper)
+
+
+class _Announcer:
+    """-v: one escaped path per file, as `tar -v`; -vv: each record's detail too."""
+
+    def __init__(self, err: bool):
+        from rawsend.listing import Paths
+        self.paths = Paths()
+        self.err = err
+        self.dumper = None
+        if _verbosity >= 2:
+            from rawsend.dump import Dumper
+            self.dumper = Dumper()
+
+    def items(self, items):
+        """send: say each source item, then hand it on."""
+        from rawsend.listing import shown
+        from rawsend.sources.tree import DataChunk, EncodedChunk
+        from rawsend.stream.records import Create, Link
+        for item in items:
+            if isinstance(item, (Create, Link)):
+                echo(shown(self.paths.of(item), item), err=self.err)
+            elif self.dumper is not None and isinstance(item, (DataChunk, EncodedChunk)):
+                offset, n = ((item.offset, len(item.data)) if isinstance(item, DataChunk)
+                             else (item.extent.offset, item.extent.num_bytes))
+                echo(f"  extent at byte {offset}, {_n(n, 'byte')}", err=self.err)
+            yield item
+
+    def record(self, raw, rec) -> None:
+        """receive and verify: say each record as it is read (on_record)."""
+        from rawsend.listing import shown
+        from rawsend.stream.records import Create, Link
+        if self.dumper is not None:
+            echo(self.dumper.line(raw, rec), err=self.err)
+        elif isinstance(rec, (Create, Link)):
+            echo(shown(self.paths.of(rec), rec), err=self.err)
+
+
 def _open_input(path: str | None):
     """The stream to read: FILE, or stdin for none or -."""
     if path in (None, "-"):
@@ -204,6 +271,7 @@ def main():
 # -- send ---------------------------------------------------------------------------------------
 
 @main.command()
+@with_verbosity
 # existence and access are checked when opened: a missing or unreadable path is a local problem (3)
 @click.argument("source", type=click.Path(readable=False))
 @click.option("-o", "--output", type=click.Path(dir_okay=False, allow_dash=True),
@@ -262,7 +330,8 @@ def send(source, output, compress_name, level, encrypt_key, cipher, threads, no_
         bar = Progress(progress, "send")
         started = time.monotonic()
         try:
-            stats = do_send(tree, fd_writer(out_fd), compression=compression, level=level,
+            items = _Announcer(err=True).items(tree) if _verbosity >= 1 else tree  # stdout may be the stream
+            stats = do_send(items, fd_writer(out_fd), compression=compression, level=level,
                             threads=threads, sealer=sealer, progress=bar)
         finally:
             bar.close()
@@ -270,9 +339,9 @@ def send(source, output, compress_name, level, encrypt_key, cipher, threads, no_
     for w in report.warnings:
         _err(f"warning: {w}")
     for note in report.notices:
-        _err(f"note: {note}")
+        _note(f"note: {note}")
     mix = ", ".join(f"{k} {v}" for k, v in sorted(stats.by_compression.items())) or "no extents"
-    _err(f"sent {_n(report.files, 'file')}, {_n(report.dirs, 'dir')}, {_n(report.symlinks, 'symlink')}, "
+    _note(f"sent {_n(report.files, 'file')}, {_n(report.dirs, 'dir')}, {_n(report.symlinks, 'symlink')}, "
          f"{_n(report.hardlinks, 'hard link')}: {_human(stats.logical_bytes)} of data as "
          f"{_human(stats.stream_bytes)} of stream ({_n(stats.extents, 'extent')}: {mix}) in {elapsed:.2f} s"
          + _btrfs_send_summary(report))
@@ -353,6 +422,7 @@ def _btrfs_send_summary(report) -> str:
 # -- receive ------------------------------------------------------------------------------------
 
 @main.command()
+@with_verbosity
 @click.argument("dest", type=click.Path(file_okay=False))
 @click.option("-f", "--file", "input_path", type=click.Path(dir_okay=False, allow_dash=True, readable=False),
               help="Read the stream from FILE (- is stdin) instead of stdin.")
@@ -411,7 +481,8 @@ def receive(dest, input_path, key_files, preserve_owner, preserve_special, prese
     started = time.monotonic()
     with _open_input(input_path) as stream, _on_interrupt(f"nothing was kept: {dest} is as it was"):
         try:
-            stats = do_receive(stream, sink, keyring=keyring, limits=limits, progress=bar)
+            stats = do_receive(stream, sink, keyring=keyring, limits=limits, progress=bar,
+                               on_record=_Announcer(err=False).record if _verbosity >= 1 else None)
         finally:
             bar.close()
     elapsed = time.monotonic() - started
@@ -441,7 +512,7 @@ def receive(dest, input_path, key_files, preserve_owner, preserve_special, prese
     if sink.report.unchecked_extents:
         extra.append(f"{_n(sink.report.unchecked_extents, 'LZO extent')} written without a decode check "
                      "(install rawsend[lzo] to check them)")
-    _err(f"received {_n(stats.files, 'file')}, {_n(stats.dirs, 'dir')}, {_n(stats.symlinks, 'symlink')}, "
+    _note(f"received {_n(stats.files, 'file')}, {_n(stats.dirs, 'dir')}, {_n(stats.symlinks, 'symlink')}, "
          f"{_n(stats.hardlinks, 'hard link')}, {_human(stats.logical_bytes)} of data "
          f"({_n(stats.extents, 'extent')}, {_human(stats.stream_bytes)} of stream) into {dest} in {elapsed:.2f} s"
          + ("; " + "; ".join(extra) if extra else ""))
@@ -460,7 +531,7 @@ def _relay_store(store, stream_id, output) -> None:
     started = time.monotonic()
     with _output(output, "send") as out_fd:
         entry = send_from_store(store, stream_id, fd_writer(out_fd))
-    _err(f"relayed stream {entry.stream_id} from store {store}: {_human(entry.stored_bytes)} as stored "
+    _note(f"relayed stream {entry.stream_id} from store {store}: {_human(entry.stored_bytes)} as stored "
          f"({_human(entry.logical_bytes)} of data) in {time.monotonic() - started:.2f} s")
 
 
@@ -477,9 +548,9 @@ def _receive_store(store, input_path, limits, progress) -> None:
             bar.close()
     e = receipt.entry
     if not receipt.stored:
-        _err(f"stream {e.stream_id} is already in store {receipt.store} with identical bytes; nothing stored")
+        _note(f"stream {e.stream_id} is already in store {receipt.store} with identical bytes; nothing stored")
         return
-    _err(f"stored stream {e.stream_id} in {receipt.store}: {_n(e.records, 'record')}, {_human(e.logical_bytes)} of data "
+    _note(f"stored stream {e.stream_id} in {receipt.store}: {_n(e.records, 'record')}, {_human(e.logical_bytes)} of data "
          f"as {_human(e.stored_bytes)}, {'encrypted, key id ' + e.key_id if e.encrypted else 'not encrypted'}"
          f" in {time.monotonic() - started:.2f} s")
 
@@ -498,15 +569,16 @@ def _verify_store(store, stream_id, key_files) -> None:
         files = e.files if e.encrypted and not stats.authenticated else stats.files
         summary = (f"{_n(stats.records, 'record')}, {_n(files, 'file')}, {_human(stats.logical_bytes)} logical, "
                    f"{_human(stats.stream_bytes)} stored")
-        echo(f"{e.stream_id}: {_verdict(stats, summary)}")
+        _result(f"{e.stream_id}: {_verdict(stats, summary)}")
     if failed:
         _err(f"{len(failed)} of {_n(checked, 'stored stream')} failed verification")
         sys.exit(failed[0].exit_code)
     if not checked:
-        echo("the store holds no stream")
+        _result("the store holds no stream")
 
 
 @main.command("ls")
+@with_verbosity
 @click.argument("store", type=click.Path(exists=True, file_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per stream (its index entry) per line.")
 def ls(store, as_json):
@@ -530,9 +602,66 @@ def ls(store, as_json):
         sys.exit(damaged[0].exit_code)
 
 
+# -- list ---------------------------------------------------------------------------------------
+
+@main.command("list")
+@with_verbosity
+@stream_input
+@click.option("-l", "--long", "long_format", is_flag=True, help="Mode, uid/gid, size and mtime (UTC) too, as tar -tv.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per path.")
+@click.option("--key-file", "key_files", multiple=True, type=click.Path(readable=False),
+              help="Key of an encrypted stream: its names are sealed without it.")
+@click.option("--stream", "stream_id", default=None,
+              help="When given a store: the stream to list (a unique prefix of its id; default: the newest).")
+def list_(stream_file, long_format, as_json, key_files, stream_id):
+    """List the paths in a stream (STREAM or -f FILE; - or none is stdin), one per line, as tar -t.
+
+    Given a store directory, list one of its streams (--stream).  Each record is checked as it
+    is read; a damaged stream ends the listing with its error.
+    """
+    from rawsend.errors import KeyMissing
+    from rawsend.listing import Paths, json_entry, long_line, shown
+    from rawsend.pipeline import NullSink, receive as do_receive
+    from rawsend.stream.records import Create, Header, Link
+
+    keyring = _load_keyring(key_files)
+    paths = Paths()
+
+    def show(raw, rec):
+        if isinstance(rec, Header) and rec.encrypted and keyring is None:
+            raise KeyMissing(f"its names are sealed; it needs key id {rec.key_id.hex()}", record=0, offset=raw.offset,
+                             hint="pass --key-file with that key ('rawsend verify' checks it without one)")
+        if not isinstance(rec, (Create, Link)):
+            return
+        path = paths.of(rec)
+        target = paths.file(rec.file_id) if isinstance(rec, Link) else None
+        if as_json:
+            echo(json_entry(path, rec, target))
+        elif long_format:
+            echo(long_line(path, rec, target))
+        else:
+            echo(shown(path, rec) + (" link to " + shown(target, rec) if target is not None else ""))
+
+    with _open_stream_or_stored(stream_file, stream_id) as stream:
+        do_receive(stream, NullSink(), keyring=keyring, require_key=False, on_record=show)
+
+
+def _open_stream_or_stored(path: str, stream_id: str | None):
+    """A stream file, stdin, or one stream of the store at path."""
+    if path != "-" and os.path.isdir(path):
+        from rawsend.store import Store
+        store = Store.open(path)
+        entry = store.find(stream_id)
+        return _open_input(str(store.stream_path(entry.stream_id)))
+    if stream_id is not None:
+        raise click.UsageError("--stream applies only to a store")
+    return _open_input(path)
+
+
 # -- dump / verify ------------------------------------------------------------------------------
 
 @main.command()
+@with_verbosity
 @stream_input
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 @click.option("--key-file", "key_files", multiple=True, type=click.Path(readable=False),
@@ -553,6 +682,7 @@ def dump(stream_file, as_json, key_files):
 
 
 @main.command()
+@with_verbosity
 @stream_input
 @click.option("--key-file", "key_files", multiple=True, type=click.Path(readable=False),
               help="Authenticate an encrypted stream with this key.")
@@ -571,12 +701,13 @@ def verify(stream_file, key_files, stream_id):
     if stream_id is not None:
         raise click.UsageError("--stream applies only to a store")
     with _open_input(stream_file) as stream:
-        stats = do_receive(stream, NullSink(), keyring=_load_keyring(key_files), require_key=False)
+        stats = do_receive(stream, NullSink(), keyring=_load_keyring(key_files), require_key=False,
+                           on_record=_Announcer(err=False).record if _verbosity >= 1 else None)
     sealed = stats.encrypted and not stats.authenticated  # names and counts are inside sealed records
     files = "unknown files and dirs (sealed)" if sealed else f"{_n(stats.files, 'file')}, {_n(stats.dirs, 'dir')}"
     summary = (f"{_n(stats.records, 'record')}, {files}, "
                f"{_human(stats.logical_bytes)} logical, {_human(stats.stream_bytes)} stream")
-    echo(_verdict(stats, summary))
+    _result(_verdict(stats, summary))
 
 
 def _verdict(stats, summary: str) -> str:
@@ -591,6 +722,7 @@ def _verdict(stats, summary: str) -> str:
 # -- keygen / rekey -----------------------------------------------------------------------------
 
 @main.command()
+@with_verbosity
 @click.option("-o", "--output", type=click.Path(dir_okay=False),
               help="Create this key file (mode 0600; never overwrites). Default: stdout.")
 def keygen(output):
@@ -603,10 +735,11 @@ def keygen(output):
     else:
         sys.stdout.buffer.write(format_key(key.secret))
         sys.stdout.buffer.flush()
-    _err(f"key id {key.key_id_hex}" + (f" written to {output}" if output else ""))
+    _note(f"key id {key.key_id_hex}" + (f" written to {output}" if output else ""))
 
 
 @main.command()
+@with_verbosity
 @click.option("--from", "old_key", required=True, type=click.Path(readable=False),
               help="Key file the stream is sealed with now.")
 @click.option("--to", "new_key", required=True, type=click.Path(readable=False),
@@ -629,5 +762,5 @@ def rekey(old_key, new_key, input_path, output, stream_file):
     old, new = load_key(old_key, warn=_warn), load_key(new_key, warn=_warn)
     with _output(output, "rekey") as out_fd, _open_input(stream_file) as stream:
         stats = do_rekey(stream, fd_writer(out_fd), old, new)
-    _err(f"rekeyed {_n(stats.records, 'record')} ({_n(stats.extents, 'extent')}, {_human(stats.payload_bytes)} of payload"
+    _note(f"rekeyed {_n(stats.records, 'record')} ({_n(stats.extents, 'extent')}, {_human(stats.payload_bytes)} of payload"
          f" kept as it was) from key id {stats.old_key_id} to key id {stats.new_key_id}")
