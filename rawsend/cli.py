@@ -290,7 +290,15 @@ def main():
 @click.option("--progress/--no-progress", default=None, help="Progress on stderr (default: when a terminal).")
 @click.option("--stream", "stream_id", default=None,
               help="When SOURCE is a store: the stream to relay (a unique prefix of its id; default: the newest).")
-def send(source, output, compress_name, level, encrypt_key, cipher, threads, no_raw, progress, stream_id):
+@click.option("--exclude", "excludes", multiple=True, metavar="PATTERN",
+              help="Leave out paths matching PATTERN (repeatable): fnmatch on the path relative to SOURCE and"
+                   " on the base name; a leading / anchors it at SOURCE; an excluded directory is not entered.")
+@click.option("--exclude-from", "exclude_from", multiple=True, type=click.Path(dir_okay=False, allow_dash=True),
+              help="Read exclude patterns from FILE, one per line (blank lines and lines starting with # skipped).")
+@click.option("-x", "--one-file-system", "one_fs", is_flag=True,
+              help="Do not enter directories on another filesystem (mount points, btrfs subvolumes); send them empty.")
+def send(source, output, compress_name, level, encrypt_key, cipher, threads, no_raw, progress, stream_id,
+         excludes, exclude_from, one_fs):
     """Write a stream of the tree SOURCE to stdout (or -o FILE).
 
     When SOURCE is a store, relay one stored stream instead, byte for byte.
@@ -300,6 +308,8 @@ def send(source, output, compress_name, level, encrypt_key, cipher, threads, no_
     if is_store(source):
         given = [name for name, value in (("--encrypt", encrypt_key), ("--level", level), ("--threads", threads))
                  if value is not None]
+        given += [name for name, value in (("--exclude", excludes), ("--exclude-from", exclude_from),
+                                           ("--one-file-system", one_fs)) if value]
         if click.get_current_context().get_parameter_source("compress_name") is click.core.ParameterSource.COMMANDLINE:
             given.append("--compress")
         if given:
@@ -315,6 +325,7 @@ def send(source, output, compress_name, level, encrypt_key, cipher, threads, no_
     from rawsend.stream.writer import fd_writer
 
     _check_level(compress_name, level)
+    patterns = tuple(excludes) + _patterns_from(exclude_from)
     compression = Compression.BY_NAME[compress_name]
     if level is None:
         level = DEFAULT_LEVELS[compression]
@@ -326,7 +337,7 @@ def send(source, output, compress_name, level, encrypt_key, cipher, threads, no_
         sealer = Sealer(load_key(encrypt_key, warn=_warn), Cipher.BY_NAME[cipher])
     tree, report = _tree_source(source, raw=not no_raw)
     with _output(output, "send") as out_fd:
-        tree.rules = WalkRules(skip_inodes=_own_output(out_fd, output))
+        tree.rules = WalkRules(exclude=patterns, one_filesystem=one_fs, skip_inodes=_own_output(out_fd, output))
         bar = Progress(progress, "send")
         started = time.monotonic()
         try:
@@ -341,12 +352,31 @@ def send(source, output, compress_name, level, encrypt_key, cipher, threads, no_
     for note in report.notices:
         _note(f"note: {note}")
     mix = ", ".join(f"{k} {v}" for k, v in sorted(stats.by_compression.items())) or "no extents"
+    left_out = f"; {_n(report.excluded, 'path')} excluded" if report.excluded else ""
     _note(f"sent {_n(report.files, 'file')}, {_n(report.dirs, 'dir')}, {_n(report.symlinks, 'symlink')}, "
          f"{_n(report.hardlinks, 'hard link')}: {_human(stats.logical_bytes)} of data as "
          f"{_human(stats.stream_bytes)} of stream ({_n(stats.extents, 'extent')}: {mix}) in {elapsed:.2f} s"
-         + _btrfs_send_summary(report))
+         + left_out + _btrfs_send_summary(report))
     if report.warnings:
         sys.exit(SendWarning.exit_code)
+
+
+def _patterns_from(files) -> tuple[str, ...]:
+    """--exclude-from: one pattern a line; blank lines and # comments skipped, line ends kept as they are."""
+    patterns = []
+    for path in files:
+        try:
+            if path == "-":
+                data = sys.stdin.buffer.read()
+            else:
+                with open(path, "rb") as f:
+                    data = f.read()
+        except OSError as e:
+            raise LocalError(f"cannot read the exclude file: {e.strerror}", path=path) from None
+        for line in os.fsdecode(data).splitlines():
+            if line.strip() and not line.startswith("#"):
+                patterns.append(line)
+    return tuple(patterns)
 
 
 # zstd's 20-22 need windows larger than the 128 KiB btrfs decodes with, so they gain nothing here
