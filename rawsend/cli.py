@@ -297,8 +297,10 @@ def main():
               help="Read exclude patterns from FILE, one per line (blank lines and lines starting with # skipped).")
 @click.option("-x", "--one-file-system", "one_fs", is_flag=True,
               help="Do not enter directories on another filesystem (mount points, btrfs subvolumes); send them empty.")
+@click.option("-n", "--dry-run", is_flag=True,
+              help="Walk SOURCE and say what would be sent and the estimated stream size; write nothing.")
 def send(source, output, compress_name, level, encrypt_key, cipher, threads, no_raw, progress, stream_id,
-         excludes, exclude_from, one_fs):
+         excludes, exclude_from, one_fs, dry_run):
     """Write a stream of the tree SOURCE to stdout (or -o FILE).
 
     When SOURCE is a store, relay one stored stream instead, byte for byte.
@@ -309,7 +311,7 @@ def send(source, output, compress_name, level, encrypt_key, cipher, threads, no_
         given = [name for name, value in (("--encrypt", encrypt_key), ("--level", level), ("--threads", threads))
                  if value is not None]
         given += [name for name, value in (("--exclude", excludes), ("--exclude-from", exclude_from),
-                                           ("--one-file-system", one_fs)) if value]
+                                           ("--one-file-system", one_fs), ("--dry-run", dry_run)) if value]
         if click.get_current_context().get_parameter_source("compress_name") is click.core.ParameterSource.COMMANDLINE:
             given.append("--compress")
         if given:
@@ -336,6 +338,10 @@ def send(source, output, compress_name, level, encrypt_key, cipher, threads, no_
         from rawsend.stream.records import Cipher
         sealer = Sealer(load_key(encrypt_key, warn=_warn), Cipher.BY_NAME[cipher])
     tree, report = _tree_source(source, raw=not no_raw)
+    if dry_run:
+        tree.rules = WalkRules(exclude=patterns, one_filesystem=one_fs)
+        _dry_run(tree, report, compress_name, compression, level, sealer is not None)
+        return
     with _output(output, "send") as out_fd:
         tree.rules = WalkRules(exclude=patterns, one_filesystem=one_fs, skip_inodes=_own_output(out_fd, output))
         bar = Progress(progress, "send")
@@ -357,6 +363,27 @@ def send(source, output, compress_name, level, encrypt_key, cipher, threads, no_
          f"{_n(report.hardlinks, 'hard link')}: {_human(stats.logical_bytes)} of data as "
          f"{_human(stats.stream_bytes)} of stream ({_n(stats.extents, 'extent')}: {mix}) in {elapsed:.2f} s"
          + left_out + _btrfs_send_summary(report))
+    if report.warnings:
+        sys.exit(SendWarning.exit_code)
+
+
+def _dry_run(tree, report, compress_name: str, compression: int, level: int, sealed: bool) -> None:
+    from rawsend.estimate import estimate
+
+    items = _Announcer(err=False).items(tree) if _verbosity >= 1 else tree  # no stream: stdout is free
+    est = estimate(items, compression, level, sealed)
+    for w in report.warnings:
+        _err(f"warning: {w}")
+    for note in report.notices:
+        _note(f"note: {note}")
+    how = f"{compress_name} level {level}" if compress_name in LEVELS else compress_name
+    sample = f"{_human(est.sampled_in)} of {_human(est.data_bytes)} compressed as a sample" if est.sampled_in \
+        else "no data to sample"
+    left_out = f"; {_n(report.excluded, 'path')} excluded" if report.excluded else ""
+    _note(f"would send {_n(report.files, 'file')}, {_n(report.dirs, 'dir')}, {_n(report.symlinks, 'symlink')}, "
+          f"{_n(report.hardlinks, 'hard link')}: {_human(est.data_bytes)} of data as about "
+          f"{_human(est.stream_bytes)} of stream ({_n(est.extents, 'extent')}, {how}; {sample}){left_out}"
+          "; nothing written")
     if report.warnings:
         sys.exit(SendWarning.exit_code)
 
