@@ -10,7 +10,6 @@ stream stays valid.
 from __future__ import annotations
 
 import errno
-import fnmatch
 import os
 import stat
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ from rawsend.errors import (
     ChangedWhileRead, OtherFilesystem, Replaced, SendNotice, SendWarning, SkippedOutput, SkippedSocket, SourceError,
     Unreadable, Vanished,
 )
+from rawsend.patterns import matches
 from rawsend.stream.records import MAX_EXTENT_LEN, ROOT_ID, Create, Extent, Link, RecordType, SetXattr
 
 CHUNK = MAX_EXTENT_LEN  # extents of at most 128 KiB, as btrfs
@@ -68,12 +68,10 @@ _TYPES = {stat.S_IFREG: RecordType.MKFILE, stat.S_IFDIR: RecordType.MKDIR,
 class WalkRules:
     """What the walk leaves out.
 
-    ``exclude``: fnmatch patterns (case-sensitive, ``*`` also crosses ``/``), each matched against
-    the path relative to SOURCE (``a/b.o``) and against the base name (``b.o``); a pattern that
-    starts with ``/`` is matched against the relative path only, anchored at SOURCE.  An excluded
-    directory is not entered.  ``one_filesystem``: directories on another filesystem than SOURCE
-    (mount points, btrfs subvolumes) are sent empty.  ``skip_inodes``: (st_dev, st_ino) of files
-    never sent, such as the stream being written inside the tree, each with the name to note it by.
+    ``exclude``: patterns as rawsend.patterns matches them; an excluded directory is not entered.
+    ``one_filesystem``: directories on another filesystem than SOURCE (mount points, btrfs
+    subvolumes) are sent empty.  ``skip_inodes``: (st_dev, st_ino) of files never sent, such as the
+    stream being written inside the tree, each with the name to note it by.
     """
 
     exclude: tuple[str, ...] = ()
@@ -81,14 +79,7 @@ class WalkRules:
     skip_inodes: dict = field(default_factory=dict)
 
     def excludes(self, rel: str) -> bool:
-        base = rel.rsplit("/", 1)[-1]
-        for pattern in self.exclude:
-            if pattern.startswith("/"):
-                if fnmatch.fnmatchcase(rel, pattern.lstrip("/")):
-                    return True
-            elif fnmatch.fnmatchcase(rel, pattern) or fnmatch.fnmatchcase(base, pattern):
-                return True
-        return False
+        return matches(self.exclude, rel)
 
 
 def _create(rtype, file_id, parent_id, name, st, size=0, target=b"") -> Create:
