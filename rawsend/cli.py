@@ -502,10 +502,13 @@ def _btrfs_send_summary(report) -> str:
 @click.option("--no-raw", is_flag=True,
               help="Decode compressed extents and write plain bytes, even where btrfs could take them as they are.")
 @click.option("--progress/--no-progress", default=None, help="Progress on stderr (default: when a terminal).")
+@click.option("--include", "includes", multiple=True, metavar="PATTERN",
+              help="Restore only paths matching PATTERN (repeatable; as send --exclude matches), what is under a"
+                   " matching directory, and their parent directories.")
 @click.option("--store", "into_store", is_flag=True,
               help="DEST is a store (created if missing): keep the stream verbatim, encrypted or not; no key needed.")
 def receive(dest, input_path, key_files, preserve_owner, preserve_special, preserve_devices, max_bytes, max_files,
-            max_depth, no_sync, no_raw, progress, into_store):
+            max_depth, no_sync, no_raw, progress, includes, into_store):
     """Rebuild the tree from a stream on stdin into DEST (which must not exist, or be empty).
 
     With --store, add the stream as it is to the store DEST instead.
@@ -525,7 +528,8 @@ def receive(dest, input_path, key_files, preserve_owner, preserve_special, prese
     if into_store:
         given = [name for name, value in (("--key-file", key_files), ("--preserve-owner", preserve_owner is not None),
                                           ("--preserve-special", preserve_special),
-                                          ("--preserve-devices", preserve_devices), ("--no-sync", no_sync)) if value]
+                                          ("--preserve-devices", preserve_devices), ("--no-sync", no_sync),
+                                          ("--include", includes)) if value]
         if given:
             raise click.UsageError(f"{', '.join(given)} cannot apply with --store: a store keeps the stream as it"
                                    " came (verify STORE --key-file authenticates it)")
@@ -533,6 +537,10 @@ def receive(dest, input_path, key_files, preserve_owner, preserve_special, prese
         return
     sink = TreeSink(dest, preserve_owner=preserve_owner, preserve_special=preserve_special,
                     preserve_devices=preserve_devices, sync=not no_sync, encoded_writes=not no_raw)
+    selected = None
+    if includes:
+        from rawsend.sinks.select import SelectSink
+        sink = selected = SelectSink(sink, includes)
     keyring = _load_keyring(key_files)
     bar = Progress(progress, "receive")
     started = time.monotonic()
@@ -566,6 +574,10 @@ def receive(dest, input_path, key_files, preserve_owner, preserve_special, prese
         reasons = _reasons(sink.report.decoded_reasons)
         extra.append(f"{_n(sink.report.encoded_extents, 'extent')} written encoded, {sink.report.decoded_extents} decoded"
                      + (f" ({reasons})" if reasons else ""))
+    if selected is not None:
+        for name in selected.missing_links:
+            _warn(f"hard link {name} not restored: no --include matched the name its data is under; include that too")
+        extra.append(f"--include: {_n(selected.kept, 'path')} restored, {selected.skipped} passed over")
     if sink.report.unchecked_extents:
         extra.append(f"{_n(sink.report.unchecked_extents, 'LZO extent')} written without a decode check "
                      "(install rawsend[lzo] to check them)")
