@@ -40,11 +40,8 @@ def _enlarge_pipe(fd: int) -> None:
 
 
 def _human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n} B"
+    from rawsend.progress import human
+    return human(n)
 
 
 def _n(count: int, noun: str) -> str:
@@ -287,7 +284,8 @@ def main():
 @click.option("--threads", type=click.IntRange(1, 64), default=None, help="Encoding threads (default: cores, max 4).")
 @click.option("--no-raw", is_flag=True,
               help="On btrfs, read and compress compressed extents too instead of sending them as stored.")
-@click.option("--progress/--no-progress", default=None, help="Progress on stderr (default: when a terminal).")
+@click.option("--progress/--no-progress", default=None,
+              help="Progress on stderr: done, total, rate, ETA (default: when a terminal).")
 @click.option("--stream", "stream_id", default=None,
               help="When SOURCE is a store: the stream to relay (a unique prefix of its id; default: the newest).")
 @click.option("--exclude", "excludes", multiple=True, metavar="PATTERN",
@@ -322,7 +320,7 @@ def send(source, output, compress_name, level, encrypt_key, cipher, threads, no_
         raise click.UsageError("--stream applies only when SOURCE is a store")
     from rawsend.codecs.compress import DEFAULT_LEVELS
     from rawsend.pipeline import send as do_send
-    from rawsend.progress import Progress
+    from rawsend.progress import Progress, prewalk_total
     from rawsend.sources.tree import WalkRules
     from rawsend.stream.writer import fd_writer
 
@@ -345,6 +343,7 @@ def send(source, output, compress_name, level, encrypt_key, cipher, threads, no_
     with _output(output, "send") as out_fd:
         tree.rules = WalkRules(exclude=patterns, one_filesystem=one_fs, skip_inodes=_own_output(out_fd, output))
         bar = Progress(progress, "send")
+        prewalk_total(source, bar, tree.rules.excludes if patterns else None)
         started = time.monotonic()
         try:
             items = _Announcer(err=True).items(tree) if _verbosity >= 1 else tree  # stdout may be the stream
@@ -501,7 +500,9 @@ def _btrfs_send_summary(report) -> str:
 @click.option("--no-sync", is_flag=True, help="Do not syncfs before renaming into place.")
 @click.option("--no-raw", is_flag=True,
               help="Decode compressed extents and write plain bytes, even where btrfs could take them as they are.")
-@click.option("--progress/--no-progress", default=None, help="Progress on stderr (default: when a terminal).")
+@click.option("--progress/--no-progress", default=None,
+              help="Progress on stderr (default: when a terminal and the stream is not a pipe: in send | receive"
+                   " the sender draws).")
 @click.option("--include", "includes", multiple=True, metavar="PATTERN",
               help="Restore only paths matching PATTERN (repeatable; as send --exclude matches), what is under a"
                    " matching directory, and their parent directories.")
@@ -514,7 +515,7 @@ def receive(dest, input_path, key_files, preserve_owner, preserve_special, prese
     With --store, add the stream as it is to the store DEST instead.
     """
     from rawsend.pipeline import receive as do_receive
-    from rawsend.progress import Progress
+    from rawsend.progress import CountingReader, Progress, stream_size
     from rawsend.sinks.tree import TreeSink
     from rawsend.stream.checker import Limits
 
@@ -542,11 +543,11 @@ def receive(dest, input_path, key_files, preserve_owner, preserve_special, prese
         from rawsend.sinks.select import SelectSink
         sink = selected = SelectSink(sink, includes)
     keyring = _load_keyring(key_files)
-    bar = Progress(progress, "receive")
     started = time.monotonic()
     with _open_input(input_path) as stream, _on_interrupt(f"nothing was kept: {dest} is as it was"):
+        bar = Progress(progress, "receive", total=stream_size(stream), input_fd=stream.fileno())
         try:
-            stats = do_receive(stream, sink, keyring=keyring, limits=limits, progress=bar,
+            stats = do_receive(CountingReader(stream, bar), sink, keyring=keyring, limits=limits,
                                on_record=_Announcer(err=False).record if _verbosity >= 1 else None)
         finally:
             bar.close()
@@ -605,14 +606,14 @@ def _relay_store(store, stream_id, output) -> None:
 
 
 def _receive_store(store, input_path, limits, progress) -> None:
-    from rawsend.progress import Progress
+    from rawsend.progress import CountingReader, Progress, stream_size
     from rawsend.store import receive_into_store
 
-    bar = Progress(progress, "receive")
     started = time.monotonic()
     with _open_input(input_path) as stream, _on_interrupt(f"nothing was stored: {store} is as it was"):
+        bar = Progress(progress, "receive", total=stream_size(stream), input_fd=stream.fileno())
         try:
-            receipt = receive_into_store(stream, store, limits=limits, progress=bar)
+            receipt = receive_into_store(CountingReader(stream, bar), store, limits=limits)
         finally:
             bar.close()
     e = receipt.entry
@@ -757,12 +758,15 @@ def dump(stream_file, as_json, key_files):
               help="Authenticate an encrypted stream with this key.")
 @click.option("--stream", "stream_id", default=None,
               help="When given a store: check only this stream (a unique prefix of its id).")
-def verify(stream_file, key_files, stream_id):
+@click.option("--progress/--no-progress", default=None,
+              help="Progress on stderr (default: when a terminal and the stream is not a pipe).")
+def verify(stream_file, key_files, stream_id, progress):
     """Check a stream's framing, every CRC, the digest and END; decode every payload.
 
     The stream is STREAM or -f FILE (- or none is stdin).  Given a store directory, check every stored stream (no key needed).
     """
     from rawsend.pipeline import NullSink, receive as do_receive
+    from rawsend.progress import CountingReader, Progress, stream_size
 
     if stream_file != "-" and os.path.isdir(stream_file):
         _verify_store(stream_file, stream_id, key_files)
@@ -770,8 +774,12 @@ def verify(stream_file, key_files, stream_id):
     if stream_id is not None:
         raise click.UsageError("--stream applies only to a store")
     with _open_input(stream_file) as stream:
-        stats = do_receive(stream, NullSink(), keyring=_load_keyring(key_files), require_key=False,
-                           on_record=_Announcer(err=False).record if _verbosity >= 1 else None)
+        bar = Progress(progress, "verify", total=stream_size(stream), input_fd=stream.fileno())
+        try:
+            stats = do_receive(CountingReader(stream, bar), NullSink(), keyring=_load_keyring(key_files),
+                               require_key=False, on_record=_Announcer(err=False).record if _verbosity >= 1 else None)
+        finally:
+            bar.close()
     sealed = stats.encrypted and not stats.authenticated  # names and counts are inside sealed records
     files = "unknown files and dirs (sealed)" if sealed else f"{_n(stats.files, 'file')}, {_n(stats.dirs, 'dir')}"
     summary = (f"{_n(stats.records, 'record')}, {files}, "
