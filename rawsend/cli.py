@@ -245,7 +245,8 @@ class RawsendGroup(click.Group):
             _exit_with(OutputClosed())
         except click.UsageError as e:  # one line and where to look, not click's usage block
             sub = e.ctx is not None and e.ctx.parent is not None
-            hint = f"'rawsend {e.ctx.info_name} --help' shows the usage" if sub else "'rawsend --help' lists the commands"
+            hint = (f"'rawsend {e.ctx.info_name} --help' shows the usage" if sub
+                    else "'rawsend --help' lists the commands")
             _exit_with(UsageError(e.format_message().rstrip("."), hint=hint))
         except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise  # --help and click's other exits: click prints them and exits 2 or 0
@@ -573,7 +574,8 @@ def receive(dest, input_path, key_files, preserve_owner, preserve_special, prese
         extra.append(f"{_n(sink.report.stripped_modes, 'setuid/setgid bit')} dropped (--preserve-owner)")
     if sink.report.encoded_extents or sink.report.decoded_extents:
         reasons = _reasons(sink.report.decoded_reasons)
-        extra.append(f"{_n(sink.report.encoded_extents, 'extent')} written encoded, {sink.report.decoded_extents} decoded"
+        extra.append(f"{_n(sink.report.encoded_extents, 'extent')} written encoded,"
+                     f" {sink.report.decoded_extents} decoded"
                      + (f" ({reasons})" if reasons else ""))
     if selected is not None:
         for name in selected.missing_links:
@@ -620,7 +622,8 @@ def _receive_store(store, input_path, limits, progress) -> None:
     if not receipt.stored:
         _note(f"stream {e.stream_id} is already in store {receipt.store} with identical bytes; nothing stored")
         return
-    _note(f"stored stream {e.stream_id} in {receipt.store}: {_n(e.records, 'record')}, {_human(e.logical_bytes)} of data "
+    _note(f"stored stream {e.stream_id} in {receipt.store}: {_n(e.records, 'record')}, "
+          f"{_human(e.logical_bytes)} of data "
          f"as {_human(e.stored_bytes)}, {'encrypted, key id ' + e.key_id if e.encrypted else 'not encrypted'}"
          f" in {time.monotonic() - started:.2f} s")
 
@@ -763,7 +766,8 @@ def dump(stream_file, as_json, key_files):
 def verify(stream_file, key_files, stream_id, progress):
     """Check a stream's framing, every CRC, the digest and END; decode every payload.
 
-    The stream is STREAM or -f FILE (- or none is stdin).  Given a store directory, check every stored stream (no key needed).
+    The stream is STREAM or -f FILE (- or none is stdin).  Given a store directory, check
+    every stored stream (no key needed).
     """
     from rawsend.pipeline import NullSink, receive as do_receive
     from rawsend.progress import CountingReader, Progress, stream_size
@@ -839,5 +843,6 @@ def rekey(old_key, new_key, input_path, output, stream_file):
     old, new = load_key(old_key, warn=_warn), load_key(new_key, warn=_warn)
     with _output(output, "rekey") as out_fd, _open_input(stream_file) as stream:
         stats = do_rekey(stream, fd_writer(out_fd), old, new)
-    _note(f"rekeyed {_n(stats.records, 'record')} ({_n(stats.extents, 'extent')}, {_human(stats.payload_bytes)} of payload"
-         f" kept as it was) from key id {stats.old_key_id} to key id {stats.new_key_id}")
+    _note(f"rekeyed {_n(stats.records, 'record')} ({_n(stats.extents, 'extent')}, "
+          f"{_human(stats.payload_bytes)} of payload"
+          f" kept as it was) from key id {stats.old_key_id} to key id {stats.new_key_id}")

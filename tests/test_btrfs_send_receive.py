@@ -39,7 +39,7 @@ COMPRESSIONS = {"zstd": "compress=zstd", "zlib": "compress=zlib", "lzo": "compre
 EXPECTED_BTRFS_COMPRESSION = {"zstd": btrfs.COMPRESSION_ZSTD, "zlib": btrfs.COMPRESSION_ZLIB,
                               "lzo": btrfs.COMPRESSION_LZO_4K}
 
-RECEIVE_COUNTS = re.compile(r"(\d+) extents written encoded, (\d+) decoded(?: \((.*?)\))?(?:;|$)", re.M)
+RECEIVE_COUNTS = re.compile(r"(\d+) extents? written encoded, (\d+) decoded(?: \((.*?)\))?(?:;|$)", re.M)
 
 
 # -- building trees -----------------------------------------------------------------------------
