@@ -53,7 +53,7 @@ def test_receive_reads_dash_f_dash_as_stdin(tmp_path):
 
 
 @pytest.mark.parametrize("args, line", [
-    (["verify", "--bogus"], "rawsend: usage error: No such option '--bogus'; 'rawsend verify --help' shows the usage"),
+    (["verify", "--zzz"], "rawsend: usage error: No such option '--zzz'; 'rawsend verify --help' shows the usage"),
     (["receive"], "rawsend: usage error: Missing argument 'DEST'; 'rawsend receive --help' shows the usage"),
     (["bogus"], "rawsend: usage error: No such command 'bogus'; 'rawsend --help' lists the commands"),
 ])
