@@ -9,21 +9,22 @@ table is made from them): 1 damaged or forged input, 2 usage, 3 a local problem,
 from __future__ import annotations
 
 import fcntl
+import functools
 import os
 import signal
 import stat
 import sys
 import time
 from contextlib import contextmanager
-from pathlib import Path
 
 import click
 
 from rawsend import __version__
 from rawsend.errors import (
-    InternalError, Interrupted, LocalError, OutputClosed, OutputError, RawsendError, SendWarning, SourceError,
+    InternalError, Interrupted, LocalError, OutputClosed, RawsendError, SendWarning, SourceError, UsageError,
 )
-from rawsend.stream.records import Compression, RecordType
+from rawsend.outfile import atomic_output
+from rawsend.stream.records import Compression
 from rawsend.text import echo, json_line, quote
 
 F_SETPIPE_SZ = 1031
@@ -39,49 +40,146 @@ def _enlarge_pipe(fd: int) -> None:
 
 
 def _human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n} B"
+    from rawsend.progress import human
+    return human(n)
+
+
+def _n(count: int, noun: str) -> str:
+    """A count and its noun, singular for exactly one: "1 file", "2 files", "0 hard links"."""
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
 
 
 def _err(text: str) -> None:
     echo(f"rawsend: {text}", err=True)
 
 
+# -q: -1, default 0, -v: 1, -vv: 2; set by each command's -v/-q (see with_verbosity)
+_verbosity = 0
+
+
+def _note(text: str) -> None:
+    """A summary or note on stderr; -q silences it (errors and send's warnings are always said)."""
+    if _verbosity >= 0:
+        _err(text)
+
+
+def _result(text: str) -> None:
+    """verify's verdict on stdout; -q leaves only the exit status to say it."""
+    if _verbosity >= 0:
+        echo(text)
+
+
+def with_verbosity(func):
+    """-v (each file; -vv each record too) and -q (errors only) on a command."""
+    @functools.wraps(func)
+    def wrapper(*args, verbose=0, quiet=False, **kwargs):
+        global _verbosity
+        if verbose and quiet:
+            raise click.UsageError("-v and -q contradict each other: give one")
+        _verbosity = -1 if quiet else verbose
+        return func(*args, **kwargs)
+
+    wrapper = click.option("-q", "--quiet", is_flag=True, help="Print only errors (and send's warnings).")(wrapper)
+    return click.option("-v", "--verbose", count=True,
+                        help="Name each file as it is sent or received (-vv: each record too).")(wrapper)
+
+
+class _Announcer:
+    """-v: one escaped path per file, as `tar -v`; -vv: each record's detail too."""
+
+    def __init__(self, err: bool):
+        from rawsend.listing import Paths
+        self.paths = Paths()
+        self.err = err
+        self.dumper = None
+        if _verbosity >= 2:
+            from rawsend.dump import Dumper
+            self.dumper = Dumper()
+
+    def items(self, items):
+        """send: say each source item, then hand it on."""
+        from rawsend.listing import shown
+        from rawsend.sources.tree import DataChunk, EncodedChunk
+        from rawsend.stream.records import Create, Link
+        for item in items:
+            if isinstance(item, (Create, Link)):
+                echo(shown(self.paths.of(item), item), err=self.err)
+            elif self.dumper is not None and isinstance(item, (DataChunk, EncodedChunk)):
+                offset, n = ((item.offset, len(item.data)) if isinstance(item, DataChunk)
+                             else (item.extent.offset, item.extent.num_bytes))
+                echo(f"  extent at byte {offset}, {_n(n, 'byte')}", err=self.err)
+            yield item
+
+    def record(self, raw, rec) -> None:
+        """receive and verify: say each record as it is read (on_record)."""
+        from rawsend.listing import shown
+        from rawsend.stream.records import Create, Link
+        if self.dumper is not None:
+            echo(self.dumper.line(raw, rec), err=self.err)
+        elif isinstance(rec, (Create, Link)):
+            echo(shown(self.paths.of(rec), rec), err=self.err)
+
+
 def _open_input(path: str | None):
+    """The stream to read: FILE, or stdin for none or -."""
     if path in (None, "-"):
+        how = _input_spelling()
         if os.isatty(0):  # waiting for a stream typed at a terminal would only hang
             raise click.UsageError("refusing to read a binary stream from a terminal; "
-                                   "pipe one in (rawsend send DIR | ...) or use -f FILE")
+                                   f"pipe one in (rawsend send DIR | ...) or give {how}")
         _enlarge_pipe(0)
         try:
             return open(0, "rb", buffering=1 << 20, closefd=False)
         except OSError:
-            raise click.UsageError("there is no standard input: pipe a stream in or use -f FILE") from None
+            raise click.UsageError(f"there is no standard input: pipe a stream in or give {how}") from None
     try:
         return open(path, "rb", buffering=1 << 20)
     except OSError as e:
         raise LocalError(f"cannot open the stream file: {e.strerror}", path=path) from None
 
 
+def _input_spelling() -> str:
+    """How the running command names a stream file, for messages."""
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None and ctx.command.name == "receive":
+        return "-f FILE"
+    return "STREAM or -f FILE"
+
+
+def stream_input(func):
+    """The one input convention: a positional STREAM or -f FILE; - (or neither) is stdin.
+
+    The command gets ``stream_file``: the path, or "-".
+    """
+    @functools.wraps(func)
+    def wrapper(*args, stream=None, file_opt=None, **kwargs):
+        if stream is not None and file_opt is not None:
+            raise click.UsageError("give the stream once: as STREAM or as -f FILE")
+        return func(*args, stream_file=stream if stream is not None else (file_opt or "-"), **kwargs)
+
+    wrapper = click.option("-f", "--file", "file_opt", metavar="FILE",
+                           type=click.Path(allow_dash=True, readable=False),
+                           help="Read the stream from FILE (- is stdin), as STREAM does.")(wrapper)
+    return click.argument("stream", required=False, type=click.Path(allow_dash=True, readable=False))(wrapper)
+
+
 def _warn(text: str) -> None:
     _err(f"warning: {text}")
 
 
-def _open_output(output: str | None) -> int:
-    """The stream's file descriptor: -o FILE, or stdout unless that is a terminal."""
-    if output:
-        try:
-            return os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-        except OSError as e:
-            raise OutputError(f"{e.strerror}", path=output) from None
+@contextmanager
+def _output(output: str | None, tag: str):
+    """The stream's file descriptor: -o FILE (written beside it and renamed into place when
+    complete), or stdout for no -o or -o -, unless stdout is a terminal."""
+    if output not in (None, "-"):
+        with atomic_output(output, tag) as fd:
+            yield fd
+        return
     if os.isatty(1):
         raise click.UsageError("refusing to write a binary stream to a terminal; "
                                "pipe it (| rawsend receive DIR) or use -o FILE")
     _enlarge_pipe(1)
-    return 1
+    yield 1
 
 
 def _load_keyring(key_files):
@@ -145,8 +243,13 @@ class RawsendGroup(click.Group):
             _exit_with(Interrupted(signal.SIGINT))
         except BrokenPipeError:  # printing to a closed stdout; a stream's fd_writer raises OutputClosed
             _exit_with(OutputClosed())
+        except click.UsageError as e:  # one line and where to look, not click's usage block
+            sub = e.ctx is not None and e.ctx.parent is not None
+            hint = (f"'rawsend {e.ctx.info_name} --help' shows the usage" if sub
+                    else "'rawsend --help' lists the commands")
+            _exit_with(UsageError(e.format_message().rstrip("."), hint=hint))
         except (click.ClickException, click.exceptions.Exit, click.Abort):
-            raise  # usage errors and --help: click prints them and exits 2 or 0
+            raise  # --help and click's other exits: click prints them and exits 2 or 0
         except OSError as e:  # a local problem no layer below named more precisely
             _exit_with(LocalError(e.strerror or str(e), path=e.filename))
         except Exception as e:
@@ -166,12 +269,15 @@ def main():
 # -- send ---------------------------------------------------------------------------------------
 
 @main.command()
+@with_verbosity
 # existence and access are checked when opened: a missing or unreadable path is a local problem (3)
 @click.argument("source", type=click.Path(readable=False))
-@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write the stream here instead of stdout.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, allow_dash=True),
+              help="Write the stream to FILE (renamed into place once complete; - is stdout) instead of stdout.")
 @click.option("--compress", "compress_name", type=click.Choice(["zstd", "zlib", "lz4", "none"]),
               default="zstd", show_default=True, help="Codec for extents that are not already compressed.")
-@click.option("--level", type=int, default=None, help="Compression level (zstd default 3, zlib 3).")
+@click.option("--level", type=int, default=None,
+              help="Compression level: zstd 1-19 (default 3), zlib 1-9 (default 3); lz4 and none take none.")
 @click.option("--encrypt", "encrypt_key", type=click.Path(readable=False),
               help="Seal extents and metadata with this key file.")
 @click.option("--cipher", type=click.Choice(["aes-256-gcm", "chacha20-poly1305"]), default="aes-256-gcm",
@@ -179,10 +285,21 @@ def main():
 @click.option("--threads", type=click.IntRange(1, 64), default=None, help="Encoding threads (default: cores, max 4).")
 @click.option("--no-raw", is_flag=True,
               help="On btrfs, read and compress compressed extents too instead of sending them as stored.")
-@click.option("--progress/--no-progress", default=None, help="Progress on stderr (default: when a terminal).")
+@click.option("--progress/--no-progress", default=None,
+              help="Progress on stderr: done, total, rate, ETA (default: when a terminal).")
 @click.option("--stream", "stream_id", default=None,
               help="When SOURCE is a store: the stream to relay (a unique prefix of its id; default: the newest).")
-def send(source, output, compress_name, level, encrypt_key, cipher, threads, no_raw, progress, stream_id):
+@click.option("--exclude", "excludes", multiple=True, metavar="PATTERN",
+              help="Leave out paths matching PATTERN (repeatable): fnmatch on the path relative to SOURCE and"
+                   " on the base name; a leading / anchors it at SOURCE; an excluded directory is not entered.")
+@click.option("--exclude-from", "exclude_from", multiple=True, type=click.Path(dir_okay=False, allow_dash=True),
+              help="Read exclude patterns from FILE, one per line (blank lines and lines starting with # skipped).")
+@click.option("-x", "--one-file-system", "one_fs", is_flag=True,
+              help="Do not enter directories on another filesystem (mount points, btrfs subvolumes); send them empty.")
+@click.option("-n", "--dry-run", is_flag=True,
+              help="Walk SOURCE and say what would be sent and the estimated stream size; write nothing.")
+def send(source, output, compress_name, level, encrypt_key, cipher, threads, no_raw, progress, stream_id,
+         excludes, exclude_from, one_fs, dry_run):
     """Write a stream of the tree SOURCE to stdout (or -o FILE).
 
     When SOURCE is a store, relay one stored stream instead, byte for byte.
@@ -192,6 +309,8 @@ def send(source, output, compress_name, level, encrypt_key, cipher, threads, no_
     if is_store(source):
         given = [name for name, value in (("--encrypt", encrypt_key), ("--level", level), ("--threads", threads))
                  if value is not None]
+        given += [name for name, value in (("--exclude", excludes), ("--exclude-from", exclude_from),
+                                           ("--one-file-system", one_fs), ("--dry-run", dry_run)) if value]
         if click.get_current_context().get_parameter_source("compress_name") is click.core.ParameterSource.COMMANDLINE:
             given.append("--compress")
         if given:
@@ -202,9 +321,12 @@ def send(source, output, compress_name, level, encrypt_key, cipher, threads, no_
         raise click.UsageError("--stream applies only when SOURCE is a store")
     from rawsend.codecs.compress import DEFAULT_LEVELS
     from rawsend.pipeline import send as do_send
-    from rawsend.progress import Progress
+    from rawsend.progress import Progress, prewalk_total
+    from rawsend.sources.tree import WalkRules
     from rawsend.stream.writer import fd_writer
 
+    _check_level(compress_name, level)
+    patterns = tuple(excludes) + _patterns_from(exclude_from)
     compression = Compression.BY_NAME[compress_name]
     if level is None:
         level = DEFAULT_LEVELS[compression]
@@ -214,29 +336,104 @@ def send(source, output, compress_name, level, encrypt_key, cipher, threads, no_
         from rawsend.codecs.keys import load_key
         from rawsend.stream.records import Cipher
         sealer = Sealer(load_key(encrypt_key, warn=_warn), Cipher.BY_NAME[cipher])
-    out_fd = _open_output(output)
     tree, report = _tree_source(source, raw=not no_raw)
-    bar = Progress(progress, "send")
-    started = time.monotonic()
-    try:
-        stats = do_send(tree, fd_writer(out_fd), compression=compression, level=level,
-                        threads=threads, sealer=sealer, progress=bar)
-    finally:
-        bar.close()
-        if output:
-            os.close(out_fd)
+    if dry_run:
+        tree.rules = WalkRules(exclude=patterns, one_filesystem=one_fs)
+        _dry_run(tree, report, compress_name, compression, level, sealer is not None)
+        return
+    with _output(output, "send") as out_fd:
+        tree.rules = WalkRules(exclude=patterns, one_filesystem=one_fs, skip_inodes=_own_output(out_fd, output))
+        bar = Progress(progress, "send")
+        prewalk_total(source, bar, tree.rules.excludes if patterns else None)
+        started = time.monotonic()
+        try:
+            items = _Announcer(err=True).items(tree) if _verbosity >= 1 else tree  # stdout may be the stream
+            stats = do_send(items, fd_writer(out_fd), compression=compression, level=level,
+                            threads=threads, sealer=sealer, progress=bar)
+        finally:
+            bar.close()
     elapsed = time.monotonic() - started
     for w in report.warnings:
         _err(f"warning: {w}")
     for note in report.notices:
-        _err(f"note: {note}")
+        _note(f"note: {note}")
     mix = ", ".join(f"{k} {v}" for k, v in sorted(stats.by_compression.items())) or "no extents"
-    _err(f"sent {report.files} files, {report.dirs} dirs, {report.symlinks} symlinks, "
-         f"{report.hardlinks} hard links: {_human(stats.logical_bytes)} of data as "
-         f"{_human(stats.stream_bytes)} of stream ({stats.extents} extents: {mix}) in {elapsed:.2f} s"
-         + _btrfs_send_summary(report))
+    left_out = f"; {_n(report.excluded, 'path')} excluded" if report.excluded else ""
+    _note(f"sent {_n(report.files, 'file')}, {_n(report.dirs, 'dir')}, {_n(report.symlinks, 'symlink')}, "
+         f"{_n(report.hardlinks, 'hard link')}: {_human(stats.logical_bytes)} of data as "
+         f"{_human(stats.stream_bytes)} of stream ({_n(stats.extents, 'extent')}: {mix}) in {elapsed:.2f} s"
+         + left_out + _btrfs_send_summary(report))
     if report.warnings:
         sys.exit(SendWarning.exit_code)
+
+
+def _dry_run(tree, report, compress_name: str, compression: int, level: int, sealed: bool) -> None:
+    from rawsend.estimate import estimate
+
+    items = _Announcer(err=False).items(tree) if _verbosity >= 1 else tree  # no stream: stdout is free
+    est = estimate(items, compression, level, sealed)
+    for w in report.warnings:
+        _err(f"warning: {w}")
+    for note in report.notices:
+        _note(f"note: {note}")
+    how = f"{compress_name} level {level}" if compress_name in LEVELS else compress_name
+    sample = f"{_human(est.sampled_in)} of {_human(est.data_bytes)} compressed as a sample" if est.sampled_in \
+        else "no data to sample"
+    left_out = f"; {_n(report.excluded, 'path')} excluded" if report.excluded else ""
+    _note(f"would send {_n(report.files, 'file')}, {_n(report.dirs, 'dir')}, {_n(report.symlinks, 'symlink')}, "
+          f"{_n(report.hardlinks, 'hard link')}: {_human(est.data_bytes)} of data as about "
+          f"{_human(est.stream_bytes)} of stream ({_n(est.extents, 'extent')}, {how}; {sample}){left_out}"
+          "; nothing written")
+    if report.warnings:
+        sys.exit(SendWarning.exit_code)
+
+
+def _patterns_from(files) -> tuple[str, ...]:
+    """--exclude-from: one pattern a line; blank lines and # comments skipped, line ends kept as they are."""
+    patterns = []
+    for path in files:
+        try:
+            if path == "-":
+                data = sys.stdin.buffer.read()
+            else:
+                with open(path, "rb") as f:
+                    data = f.read()
+        except OSError as e:
+            raise LocalError(f"cannot read the exclude file: {e.strerror}", path=path) from None
+        for line in os.fsdecode(data).splitlines():
+            if line.strip() and not line.startswith("#"):
+                patterns.append(line)
+    return tuple(patterns)
+
+
+# zstd's 20-22 need windows larger than the 128 KiB btrfs decodes with, so they gain nothing here
+LEVELS = {"zstd": (1, 19), "zlib": (1, 9)}
+
+
+def _check_level(compress_name: str, level: int | None) -> None:
+    if level is None:
+        return
+    valid = ", ".join(f"{name} {lo}-{hi}" for name, (lo, hi) in LEVELS.items())
+    if compress_name not in LEVELS:
+        raise click.BadParameter(f"--compress {compress_name} has no levels (levels: {valid})", param_hint="--level")
+    lo, hi = LEVELS[compress_name]
+    if not lo <= level <= hi:
+        raise click.BadParameter(f"{level} is not a {compress_name} level: give {lo}-{hi}", param_hint="--level")
+
+
+def _own_output(out_fd: int, output: str | None) -> dict:
+    """(dev, ino) of the stream file being written, and of the one it replaces, for the walk to skip."""
+    inodes = {}
+    st = os.fstat(out_fd)
+    if stat.S_ISREG(st.st_mode):
+        inodes[(st.st_dev, st.st_ino)] = output or "the standard output"
+    if output not in (None, "-"):
+        try:
+            st = os.stat(output)
+            inodes[(st.st_dev, st.st_ino)] = output
+        except OSError:
+            pass
+    return inodes
 
 
 def _check_source(path: str) -> None:
@@ -272,9 +469,9 @@ def _reasons(counts: dict[str, int]) -> str:
 def _btrfs_send_summary(report) -> str:
     if not hasattr(report, "raw_extents") or not (report.raw_extents or report.decoded_extents):
         return ""
-    text = f"; {report.raw_extents} extents as stored on btrfs ({_human(report.raw_bytes)})"
+    text = f"; {_n(report.raw_extents, 'extent')} as stored on btrfs ({_human(report.raw_bytes)})"
     if report.decoded_extents:
-        text += (f", {report.decoded_extents} compressed extents sent decoded"
+        text += (f", {_n(report.decoded_extents, 'compressed extent')} sent decoded"
                  f" ({_reasons(report.decoded_reasons)})")
     return text
 
@@ -282,9 +479,10 @@ def _btrfs_send_summary(report) -> str:
 # -- receive ------------------------------------------------------------------------------------
 
 @main.command()
+@with_verbosity
 @click.argument("dest", type=click.Path())
 @click.option("-f", "--file", "input_path", type=click.Path(dir_okay=False, allow_dash=True, readable=False),
-              help="Read the stream from FILE instead of stdin.")
+              help="Read the stream from FILE (- is stdin) instead of stdin.")
 @click.option("--key-file", "key_files", multiple=True, type=click.Path(readable=False),
               help="Key for an encrypted stream (repeatable; the stream's key id picks one).")
 @click.option("--preserve-owner/--no-preserve-owner", default=None,
@@ -303,17 +501,22 @@ def _btrfs_send_summary(report) -> str:
 @click.option("--no-sync", is_flag=True, help="Do not syncfs before renaming into place.")
 @click.option("--no-raw", is_flag=True,
               help="Decode compressed extents and write plain bytes, even where btrfs could take them as they are.")
-@click.option("--progress/--no-progress", default=None, help="Progress on stderr (default: when a terminal).")
+@click.option("--progress/--no-progress", default=None,
+              help="Progress on stderr (default: when a terminal and the stream is not a pipe: in send | receive"
+                   " the sender draws).")
+@click.option("--include", "includes", multiple=True, metavar="PATTERN",
+              help="Restore only paths matching PATTERN (repeatable; as send --exclude matches), what is under a"
+                   " matching directory, and their parent directories.")
 @click.option("--store", "into_store", is_flag=True,
               help="DEST is a store (created if missing): keep the stream verbatim, encrypted or not; no key needed.")
 def receive(dest, input_path, key_files, preserve_owner, preserve_special, preserve_devices, max_bytes, max_files,
-            max_depth, no_sync, no_raw, progress, into_store):
+            max_depth, no_sync, no_raw, progress, includes, into_store):
     """Rebuild the tree from a stream on stdin into DEST (which must not exist, or be empty).
 
     With --store, add the stream as it is to the store DEST instead.
     """
     from rawsend.pipeline import receive as do_receive
-    from rawsend.progress import Progress
+    from rawsend.progress import CountingReader, Progress, stream_size
     from rawsend.sinks.tree import TreeSink
     from rawsend.stream.checker import Limits
 
@@ -327,7 +530,8 @@ def receive(dest, input_path, key_files, preserve_owner, preserve_special, prese
     if into_store:
         given = [name for name, value in (("--key-file", key_files), ("--preserve-owner", preserve_owner is not None),
                                           ("--preserve-special", preserve_special),
-                                          ("--preserve-devices", preserve_devices), ("--no-sync", no_sync)) if value]
+                                          ("--preserve-devices", preserve_devices), ("--no-sync", no_sync),
+                                          ("--include", includes)) if value]
         if given:
             raise click.UsageError(f"{', '.join(given)} cannot apply with --store: a store keeps the stream as it"
                                    " came (verify STORE --key-file authenticates it)")
@@ -335,12 +539,17 @@ def receive(dest, input_path, key_files, preserve_owner, preserve_special, prese
         return
     sink = TreeSink(dest, preserve_owner=preserve_owner, preserve_special=preserve_special,
                     preserve_devices=preserve_devices, sync=not no_sync, encoded_writes=not no_raw)
+    selected = None
+    if includes:
+        from rawsend.sinks.select import SelectSink
+        sink = selected = SelectSink(sink, includes)
     keyring = _load_keyring(key_files)
-    bar = Progress(progress, "receive")
     started = time.monotonic()
     with _open_input(input_path) as stream, _on_interrupt(f"nothing was kept: {dest} is as it was"):
+        bar = Progress(progress, "receive", total=stream_size(stream), input_fd=stream.fileno())
         try:
-            stats = do_receive(stream, sink, keyring=keyring, limits=limits, progress=bar)
+            stats = do_receive(CountingReader(stream, bar), sink, keyring=keyring, limits=limits,
+                               on_record=_Announcer(err=False).record if _verbosity >= 1 else None)
         finally:
             bar.close()
     elapsed = time.monotonic() - started
@@ -355,24 +564,29 @@ def receive(dest, input_path, key_files, preserve_owner, preserve_special, prese
               f" privileges in {dest}; --no-preserve-owner drops them")
     extra = []
     if sink.report.skipped_special - sink.report.skipped_devices:
-        extra.append(f"{sink.report.skipped_special - sink.report.skipped_devices} special files skipped"
+        extra.append(f"{_n(sink.report.skipped_special - sink.report.skipped_devices, 'special file')} skipped"
                      " (--preserve-special)")
     if sink.report.skipped_devices:
-        extra.append(f"{sink.report.skipped_devices} device nodes skipped (--preserve-devices, as root)")
+        extra.append(f"{_n(sink.report.skipped_devices, 'device node')} skipped (--preserve-devices, as root)")
     if sink.report.skipped_xattrs:
-        extra.append(f"{sink.report.skipped_xattrs} xattrs not set")
+        extra.append(f"{_n(sink.report.skipped_xattrs, 'xattr')} not set")
     if sink.report.stripped_modes:
-        extra.append(f"{sink.report.stripped_modes} setuid/setgid bits dropped (--preserve-owner)")
+        extra.append(f"{_n(sink.report.stripped_modes, 'setuid/setgid bit')} dropped (--preserve-owner)")
     if sink.report.encoded_extents or sink.report.decoded_extents:
         reasons = _reasons(sink.report.decoded_reasons)
-        extra.append(f"{sink.report.encoded_extents} extents written encoded, {sink.report.decoded_extents} decoded"
+        extra.append(f"{_n(sink.report.encoded_extents, 'extent')} written encoded,"
+                     f" {sink.report.decoded_extents} decoded"
                      + (f" ({reasons})" if reasons else ""))
+    if selected is not None:
+        for name in selected.missing_links:
+            _warn(f"hard link {name} not restored: no --include matched the name its data is under; include that too")
+        extra.append(f"--include: {_n(selected.kept, 'path')} restored, {selected.skipped} passed over")
     if sink.report.unchecked_extents:
-        extra.append(f"{sink.report.unchecked_extents} LZO extents written without a decode check "
+        extra.append(f"{_n(sink.report.unchecked_extents, 'LZO extent')} written without a decode check "
                      "(install rawsend[lzo] to check them)")
-    _err(f"received {stats.files} files, {stats.dirs} dirs, {stats.symlinks} symlinks, "
-         f"{stats.hardlinks} hard links, {_human(stats.logical_bytes)} of data "
-         f"({stats.extents} extents, {_human(stats.stream_bytes)} of stream) into {dest} in {elapsed:.2f} s"
+    _note(f"received {_n(stats.files, 'file')}, {_n(stats.dirs, 'dir')}, {_n(stats.symlinks, 'symlink')}, "
+         f"{_n(stats.hardlinks, 'hard link')}, {_human(stats.logical_bytes)} of data "
+         f"({_n(stats.extents, 'extent')}, {_human(stats.stream_bytes)} of stream) into {dest} in {elapsed:.2f} s"
          + ("; " + "; ".join(extra) if extra else ""))
 
 
@@ -386,33 +600,30 @@ def _relay_store(store, stream_id, output) -> None:
     from rawsend.store import send_from_store
     from rawsend.stream.writer import fd_writer
 
-    out_fd = _open_output(output)
     started = time.monotonic()
-    try:
+    with _output(output, "send") as out_fd:
         entry = send_from_store(store, stream_id, fd_writer(out_fd))
-    finally:
-        if output:
-            os.close(out_fd)
-    _err(f"relayed stream {entry.stream_id} from store {store}: {_human(entry.stored_bytes)} as stored "
+    _note(f"relayed stream {entry.stream_id} from store {store}: {_human(entry.stored_bytes)} as stored "
          f"({_human(entry.logical_bytes)} of data) in {time.monotonic() - started:.2f} s")
 
 
 def _receive_store(store, input_path, limits, progress) -> None:
-    from rawsend.progress import Progress
+    from rawsend.progress import CountingReader, Progress, stream_size
     from rawsend.store import receive_into_store
 
-    bar = Progress(progress, "receive")
     started = time.monotonic()
     with _open_input(input_path) as stream, _on_interrupt(f"nothing was stored: {store} is as it was"):
+        bar = Progress(progress, "receive", total=stream_size(stream), input_fd=stream.fileno())
         try:
-            receipt = receive_into_store(stream, store, limits=limits, progress=bar)
+            receipt = receive_into_store(CountingReader(stream, bar), store, limits=limits)
         finally:
             bar.close()
     e = receipt.entry
     if not receipt.stored:
-        _err(f"stream {e.stream_id} is already in store {receipt.store} with identical bytes; nothing stored")
+        _note(f"stream {e.stream_id} is already in store {receipt.store} with identical bytes; nothing stored")
         return
-    _err(f"stored stream {e.stream_id} in {receipt.store}: {e.records} records, {_human(e.logical_bytes)} of data "
+    _note(f"stored stream {e.stream_id} in {receipt.store}: {_n(e.records, 'record')}, "
+          f"{_human(e.logical_bytes)} of data "
          f"as {_human(e.stored_bytes)}, {'encrypted, key id ' + e.key_id if e.encrypted else 'not encrypted'}"
          f" in {time.monotonic() - started:.2f} s"
          + (f"; {receipt.unchecked_extents} LZO extents stored without a decode check (install rawsend[lzo]"
@@ -433,17 +644,18 @@ def _verify_store(store, stream_id, key_files) -> None:
             continue
         e, stats = verdict.entry, verdict.stats
         files = e.files if e.encrypted and not stats.authenticated else stats.files
-        summary = (f"{stats.records} records, {files} files, {_human(stats.logical_bytes)} logical, "
+        summary = (f"{_n(stats.records, 'record')}, {_n(files, 'file')}, {_human(stats.logical_bytes)} logical, "
                    f"{_human(stats.stream_bytes)} stored")
-        echo(f"{e.stream_id}: {_verdict(stats, summary)}")
+        _result(f"{e.stream_id}: {_verdict(stats, summary)}")
     if failed:
-        _err(f"{len(failed)} of {checked} stored streams failed verification")
+        _err(f"{len(failed)} of {_n(checked, 'stored stream')} failed verification")
         sys.exit(failed[0].exit_code)
     if not checked:
-        echo("the store holds no stream")
+        _result("the store holds no stream")
 
 
 @main.command("ls")
+@with_verbosity
 @click.argument("store", type=click.Path(exists=True, file_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per stream (its index entry) per line.")
 def ls(store, as_json):
@@ -460,23 +672,79 @@ def ls(store, as_json):
         mix = ",".join(f"{name}:{n}" for name, n in e.compression.items()) or "no-extents"
         crypt = f"encrypted {e.cipher} key {e.key_id}" if e.encrypted else "not-encrypted"
         echo(f"{e.stream_id}  {_utc(e.received_ns)}  {_human(e.logical_bytes)} logical  "
-             f"{_human(e.stored_bytes)} stored  {e.files} files  {mix}  {crypt}")
+             f"{_human(e.stored_bytes)} stored  {_n(e.files, 'file')}  {mix}  {crypt}")
     for error in damaged:
         _err(str(error))
     if damaged:
         sys.exit(damaged[0].exit_code)
 
 
+# -- list ---------------------------------------------------------------------------------------
+
+@main.command("list")
+@with_verbosity
+@stream_input
+@click.option("-l", "--long", "long_format", is_flag=True, help="Mode, uid/gid, size and mtime (UTC) too, as tar -tv.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per path.")
+@click.option("--key-file", "key_files", multiple=True, type=click.Path(readable=False),
+              help="Key of an encrypted stream: its names are sealed without it.")
+@click.option("--stream", "stream_id", default=None,
+              help="When given a store: the stream to list (a unique prefix of its id; default: the newest).")
+def list_(stream_file, long_format, as_json, key_files, stream_id):
+    """List the paths in a stream (STREAM or -f FILE; - or none is stdin), one per line, as tar -t.
+
+    Given a store directory, list one of its streams (--stream).  Each record is checked as it
+    is read; a damaged stream ends the listing with its error.
+    """
+    from rawsend.errors import KeyMissing
+    from rawsend.listing import Paths, json_entry, long_line, shown
+    from rawsend.pipeline import NullSink, receive as do_receive
+    from rawsend.stream.records import Create, Header, Link
+
+    keyring = _load_keyring(key_files)
+    paths = Paths()
+
+    def show(raw, rec):
+        if isinstance(rec, Header) and rec.encrypted and keyring is None:
+            raise KeyMissing(f"its names are sealed; it needs key id {rec.key_id.hex()}", record=0, offset=raw.offset,
+                             hint="pass --key-file with that key ('rawsend verify' checks it without one)")
+        if not isinstance(rec, (Create, Link)):
+            return
+        path = paths.of(rec)
+        target = paths.file(rec.file_id) if isinstance(rec, Link) else None
+        if as_json:
+            echo(json_entry(path, rec, target))
+        elif long_format:
+            echo(long_line(path, rec, target))
+        else:
+            echo(shown(path, rec) + (" link to " + shown(target, rec) if target is not None else ""))
+
+    with _open_stream_or_stored(stream_file, stream_id) as stream:
+        do_receive(stream, NullSink(), keyring=keyring, require_key=False, on_record=show)
+
+
+def _open_stream_or_stored(path: str, stream_id: str | None):
+    """A stream file, stdin, or one stream of the store at path."""
+    if path != "-" and os.path.isdir(path):
+        from rawsend.store import Store
+        store = Store.open(path)
+        entry = store.find(stream_id)
+        return _open_input(str(store.stream_path(entry.stream_id)))
+    if stream_id is not None:
+        raise click.UsageError("--stream applies only to a store")
+    return _open_input(path)
+
+
 # -- dump / verify ------------------------------------------------------------------------------
 
 @main.command()
-@click.argument("stream_file", required=False, default="-",
-                type=click.Path(dir_okay=False, allow_dash=True, readable=False))
+@with_verbosity
+@stream_input
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 @click.option("--key-file", "key_files", multiple=True, type=click.Path(readable=False),
               help="Key to show the names inside an encrypted stream.")
 def dump(stream_file, as_json, key_files):
-    """Print the header and one line per record of a stream (FILE or - for stdin)."""
+    """Print the header and one line per record of a stream (STREAM or -f FILE; - or none is stdin)."""
     from rawsend.dump import Dumper, dump_stream
 
     dumper = Dumper()
@@ -490,19 +758,24 @@ def dump(stream_file, as_json, key_files):
 
 
 @main.command()
-@click.argument("stream_file", required=False, default="-", type=click.Path(allow_dash=True, readable=False))
+@with_verbosity
+@stream_input
 @click.option("--key-file", "key_files", multiple=True, type=click.Path(readable=False),
               help="Authenticate an encrypted stream with this key.")
 @click.option("--stream", "stream_id", default=None,
               help="When given a store: check only this stream (a unique prefix of its id).")
 @click.option("--signer", "signers", multiple=True, type=click.Path(readable=False),
               help="Public signing key (repeatable: any of them): STREAM_FILE.minisig must be its signature.")
-def verify(stream_file, key_files, stream_id, signers):
+@click.option("--progress/--no-progress", default=None,
+              help="Progress on stderr (default: when a terminal and the stream is not a pipe).")
+def verify(stream_file, key_files, stream_id, signers, progress):
     """Check a stream's framing, every CRC, the digest and END; decode every payload.
 
-    Given a store directory, check every stored stream (no key needed).
+    The stream is STREAM or -f FILE (- or none is stdin).  Given a store directory, check
+    every stored stream (no key needed).
     """
     from rawsend.pipeline import NullSink, receive as do_receive
+    from rawsend.progress import CountingReader, Progress, stream_size
 
     if signers:
         _verify_signed(stream_file, signers, key_files, stream_id)
@@ -513,12 +786,17 @@ def verify(stream_file, key_files, stream_id, signers):
     if stream_id is not None:
         raise click.UsageError("--stream applies only to a store")
     with _open_input(stream_file) as stream:
-        stats = do_receive(stream, NullSink(), keyring=_load_keyring(key_files), require_key=False)
+        bar = Progress(progress, "verify", total=stream_size(stream), input_fd=stream.fileno())
+        try:
+            stats = do_receive(CountingReader(stream, bar), NullSink(), keyring=_load_keyring(key_files),
+                               require_key=False, on_record=_Announcer(err=False).record if _verbosity >= 1 else None)
+        finally:
+            bar.close()
     sealed = stats.encrypted and not stats.authenticated  # names and counts are inside sealed records
-    files = "unknown files and dirs (sealed)" if sealed else f"{stats.files} files, {stats.dirs} dirs"
-    summary = (f"{stats.records} records, {files}, "
+    files = "unknown files and dirs (sealed)" if sealed else f"{_n(stats.files, 'file')}, {_n(stats.dirs, 'dir')}"
+    summary = (f"{_n(stats.records, 'record')}, {files}, "
                f"{_human(stats.logical_bytes)} logical, {_human(stats.stream_bytes)} stream")
-    echo(_verdict(stats, summary))
+    _result(_verdict(stats, summary))
 
 
 def _verdict(stats, summary: str) -> str:
@@ -534,6 +812,7 @@ def _verdict(stats, summary: str) -> str:
 # -- keygen / rekey -----------------------------------------------------------------------------
 
 @main.command()
+@with_verbosity
 @click.option("-o", "--output", type=click.Path(dir_okay=False),
               help="Create this key file (mode 0600; never overwrites). Default: stdout.")
 @click.option("--sign", "signing", is_flag=True,
@@ -551,7 +830,7 @@ def keygen(output, signing):
     else:
         sys.stdout.buffer.write(format_key(key.secret))
         sys.stdout.buffer.flush()
-    _err(f"key id {key.key_id_hex}" + (f" written to {output}" if output else ""))
+    _note(f"key id {key.key_id_hex}" + (f" written to {output}" if output else ""))
 
 
 def _keygen_sign(output) -> None:
@@ -639,48 +918,29 @@ def _verify_signed(stream_file, signers, key_files, stream_id) -> None:
 
 
 @main.command()
+@with_verbosity
 @click.option("--from", "old_key", required=True, type=click.Path(readable=False),
               help="Key file the stream is sealed with now.")
 @click.option("--to", "new_key", required=True, type=click.Path(readable=False),
               help="Key file to seal it with.")
-@click.option("-i", "--input", "input_path", type=click.Path(dir_okay=False, allow_dash=True, readable=False),
-              help="Read the stream from FILE instead of stdin.")
-@click.option("-o", "--output", type=click.Path(dir_okay=False),
-              help="Write the new stream to FILE (replaced only on success) instead of stdout.")
-def rekey(old_key, new_key, input_path, output):
-    """Reseal an encrypted stream under another key; extent payloads keep their bytes and encoding."""
-    import secrets
-
+@click.option("-o", "--output", type=click.Path(dir_okay=False, allow_dash=True),
+              help="Write the new stream to FILE (replaced only on success; - is stdout) instead of stdout.")
+@stream_input
+@click.option("-i", "--input", "input_path", type=click.Path(allow_dash=True, readable=False), hidden=True)
+def rekey(old_key, new_key, input_path, output, stream_file):
+    """Reseal an encrypted stream (STREAM or -f FILE; - or none is stdin) under another key;
+    extent payloads keep their bytes and encoding."""
+    if input_path is not None:  # the older spelling of -f
+        if stream_file != "-":
+            raise click.UsageError("give the stream once: as STREAM, -f FILE or -i FILE")
+        stream_file = input_path
     from rawsend.codecs.keys import load_key
     from rawsend.rekey import rekey as do_rekey
     from rawsend.stream.writer import fd_writer
 
     old, new = load_key(old_key, warn=_warn), load_key(new_key, warn=_warn)
-    temp = None
-    if output:
-        target = Path(output)
-        temp = target.parent / f".{target.name}.rekey-{os.getpid()}-{secrets.token_hex(4)}"
-        try:
-            out_fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-        except OSError as e:
-            raise OutputError(f"{e.strerror}", path=str(temp)) from None
-    else:
-        if os.isatty(1):
-            raise click.UsageError("refusing to write a binary stream to a terminal; pipe it or use -o FILE")
-        out_fd = 1
-        _enlarge_pipe(1)
-    done = False
-    try:
-        with _open_input(input_path) as stream:
-            stats = do_rekey(stream, fd_writer(out_fd), old, new)
-        if temp is not None:
-            os.fsync(out_fd)
-            os.rename(temp, output)
-        done = True
-    finally:
-        if temp is not None:
-            os.close(out_fd)
-            if not done:
-                os.unlink(temp)
-    _err(f"rekeyed {stats.records} records ({stats.extents} extents, {_human(stats.payload_bytes)} of payload"
-         f" kept as it was) from key id {stats.old_key_id} to key id {stats.new_key_id}")
+    with _output(output, "rekey") as out_fd, _open_input(stream_file) as stream:
+        stats = do_rekey(stream, fd_writer(out_fd), old, new)
+    _note(f"rekeyed {_n(stats.records, 'record')} ({_n(stats.extents, 'extent')}, "
+          f"{_human(stats.payload_bytes)} of payload"
+          f" kept as it was) from key id {stats.old_key_id} to key id {stats.new_key_id}")

@@ -201,6 +201,12 @@ class StoreError(LocalError):
     """store problem: {detail}"""
 
 
+class DecoderMissing(LocalError):
+    """cannot decode-check here: {detail}"""
+
+    # the input may be sound: this host lacks the decoder, which is a local matter
+
+
 # -- keys: exit 4 ----------------------------------------------------------------------
 
 class KeyProblem(RawsendError):
@@ -339,6 +345,14 @@ class SendNotice(SourceRemark):
 
 class SkippedSocket(SendNotice):
     """socket ignored (a socket cannot be sent)"""
+
+
+class SkippedOutput(SendNotice):
+    """file is the stream being written; not sent"""
+
+
+class OtherFilesystem(SendNotice):
+    """directory is on another filesystem; sent empty (--one-file-system)"""
 
 
 # The exit codes, in the order of the README's table (0 is success).

@@ -21,6 +21,7 @@ from rawsend.sources.items import DataChunk, EncodedChunk
 from rawsend.stream.checked import CheckedReader, EndEvent, HeaderEvent, RecordEvent, SealedEvent, SkippedEvent
 from rawsend.stream.sink import NullSink, Sink  # noqa: F401  (NullSink: importable here too)
 from rawsend.stream.checker import Limits
+from rawsend.stream.reader import RawRecord
 from rawsend.stream.records import FLAG_SEALED, Compression, Create, Extent, Feature, Header, RecordType
 from rawsend.stream.writer import StreamWriter
 
@@ -226,7 +227,7 @@ def count(stats: ReceiveStats, event) -> None:
 
 
 def receive(stream, sink, *, keyring=None, limits: Limits | None = None, require_key: bool = True,
-            progress=None) -> ReceiveStats:
+            progress=None, on_record: Callable[[RawRecord, object], None] | None = None) -> ReceiveStats:
     """Read a whole stream, check it, and hand every record to ``sink``.
 
     ``sink`` gets ``begin(header)``, ``create``, ``link``, ``xattr``,
@@ -237,9 +238,14 @@ def receive(stream, sink, *, keyring=None, limits: Limits | None = None, require
     """
     reader = CheckedReader(stream, keyring, require_key=require_key, limits=limits)
     stats = ReceiveStats()
-    for _ in deliver(reader, sink, stats, progress):
-        pass
+    for event in deliver(reader, sink, stats, progress):
+        if on_record is not None:  # -v and list: each record as it is read, its body when known
+            on_record(event.raw, _EVENT_BODY[type(event)](event))
     return stats
+
+
+_EVENT_BODY = {HeaderEvent: lambda e: e.header, RecordEvent: lambda e: e.record, EndEvent: lambda e: e.end,
+               SealedEvent: lambda e: None, SkippedEvent: lambda e: None}
 
 
 def deliver(reader: CheckedReader, sink: Sink, stats: ReceiveStats, progress=None) -> Iterator:

@@ -26,7 +26,7 @@ from tests.btrfs_fixtures import btrfs_mount, require_encoded_io
 from tests.conftest import run_rawsend
 
 SECTOR = 4096
-RECEIVE_COUNTS = re.compile(r"(\d+) extents written encoded, (\d+) decoded(?: \((.*?)\))?(?:;|$)", re.M)
+RECEIVE_COUNTS = re.compile(r"(\d+) extents? written encoded, (\d+) decoded(?: \((.*?)\))?(?:;|$)", re.M)
 SHORT_INLINE = "payload decodes to N of N bytes where btrfs may store the extent inline"
 LZO_NOT_INLINE_FORM = "LZO frame not one unpadded segment where btrfs may store the extent inline"
 

@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 
 from rawsend import btrfs
-from rawsend.errors import DecodeError
+from rawsend.errors import DecodeError, DecoderMissing
 from rawsend.stream.reader import StreamReader
 from rawsend.stream.records import Extent, RecordType
 from tests.btrfs_fixtures import btrfs_mount, require_encoded_io
@@ -39,7 +39,7 @@ COMPRESSIONS = {"zstd": "compress=zstd", "zlib": "compress=zlib", "lzo": "compre
 EXPECTED_BTRFS_COMPRESSION = {"zstd": btrfs.COMPRESSION_ZSTD, "zlib": btrfs.COMPRESSION_ZLIB,
                               "lzo": btrfs.COMPRESSION_LZO_4K}
 
-RECEIVE_COUNTS = re.compile(r"(\d+) extents written encoded, (\d+) decoded(?: \((.*?)\))?(?:;|$)", re.M)
+RECEIVE_COUNTS = re.compile(r"(\d+) extents? written encoded, (\d+) decoded(?: \((.*?)\))?(?:;|$)", re.M)
 
 
 # -- building trees -----------------------------------------------------------------------------
@@ -544,7 +544,7 @@ def test_lzo_decode_without_python_lzo_names_the_extra(monkeypatch, tmp_path):
     from rawsend.stream.records import ROOT_ID, Create
 
     monkeypatch.setattr(lzo, "_lzo", None)
-    with pytest.raises(DecodeError) as info:
+    with pytest.raises(DecoderMissing) as info:
         compress.decode(b"\x08\x00\x00\x00\x00\x00\x00\x00", btrfs.COMPRESSION_LZO_4K, 4096)
     message = str(info.value)
     assert "LZO" in message and "rawsend[lzo]" in message and "--store" in message
@@ -559,7 +559,7 @@ def test_lzo_decode_without_python_lzo_names_the_extra(monkeypatch, tmp_path):
     send(items, stream.write, threads=1)
     stream.seek(0)
     dest = tmp_path / "out"
-    with pytest.raises(DecodeError) as info:
+    with pytest.raises(DecoderMissing) as info:
         receive(stream, TreeSink(dest))
     assert "rawsend[lzo]" in str(info.value) and info.value.record == 3
     assert not dest.exists() and os.listdir(tmp_path) == []

@@ -148,7 +148,7 @@ def test_receive_warnings_show_names_escaped(env, tmp_path):
     warning, summary = _printable_lines(proc.stderr)
     assert warning == ("rawsend: warning: f\\xff\\x1b[2J\\n: xattr security.\\x1b]0;pwned\\x07\\nrawsend: forged"
                        " not set: security.* and trusted.* need --preserve-owner")
-    assert summary.startswith("rawsend: received 1 files") and summary.endswith("; 1 xattrs not set")
+    assert summary.startswith("rawsend: received 1 file,") and summary.endswith("; 1 xattr not set")
     assert os.listdir(dest) == [os.fsdecode(name)]
 
 

@@ -58,7 +58,7 @@ def test_preserve_devices_creates_block_and_character_devices(tmp_path):
     assert sorted(os.listdir(dest)) == ["loop0", "null"]
     assert os.lstat(dest / "null").st_rdev == NULL_DEV and stat.S_ISCHR(os.lstat(dest / "null").st_mode)
     assert os.lstat(dest / "loop0").st_rdev == LOOP0 and stat.S_ISBLK(os.lstat(dest / "loop0").st_mode)
-    assert "1 special files skipped (--preserve-special)" in err
+    assert "1 special file skipped (--preserve-special)" in err
     assert "device nodes skipped" not in err
 
 
@@ -66,7 +66,7 @@ def test_without_either_flag_every_special_file_is_skipped(tmp_path):
     proc, dest, err = _receive(tmp_path, _specials())
     assert proc.returncode == 0, err
     assert os.listdir(dest) == []
-    assert "1 special files skipped (--preserve-special)" in err
+    assert "1 special file skipped (--preserve-special)" in err
     assert "2 device nodes skipped (--preserve-devices, as root)" in err
 
 
@@ -76,7 +76,7 @@ def test_preserve_devices_has_no_meaning_for_a_store(tmp_path):
     proc = run_rawsend("receive", "--store", "--preserve-devices", "-f", str(stream), str(tmp_path / "store"))
     err = proc.stderr.decode()
     assert proc.returncode == 2
-    assert "Error: --preserve-devices cannot apply with --store" in err
+    assert "usage error: --preserve-devices cannot apply with --store" in err
 
 
 # -- modes of special files ---------------------------------------------------------------------------

@@ -15,7 +15,7 @@ import zlib
 import lz4.block
 import zstandard
 
-from rawsend.errors import DecodeError
+from rawsend.errors import DecodeError, DecoderMissing
 from rawsend.stream.records import Compression
 
 ZSTD_WINDOW_LOG = 17  # btrfs decodes zstd frames with a 128 KiB window at most
@@ -92,9 +92,10 @@ def decode_short(payload, compression: int, unencoded_len: int) -> bytes:
             out = lzo.decode_btrfs_lzo(payload, unencoded_len, 4096 << (compression - Compression.LZO_4K),
                                        zero_extend=False)
         except lzo.LzoUnavailableError:
-            raise DecodeError("btrfs LZO extent, and the optional LZO support is not installed",
-                              hint="install it with: pip install 'rawsend[lzo]' (python-lzo, needs liblzo2-dev),"
-                                   " or receive on btrfs (verbatim) or with --store") from None
+            raise DecoderMissing("a btrfs LZO extent, and the optional LZO support is not installed;"
+                                 " the stream is not known to be damaged",
+                                 hint="install it with: pip install 'rawsend[lzo]' (python-lzo, needs liblzo2-dev),"
+                                      " or receive on btrfs (verbatim) or with --store") from None
         except ValueError as e:
             raise DecodeError(f"lzo: {e}") from None
     else:

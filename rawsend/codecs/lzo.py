@@ -80,7 +80,6 @@ def decode_btrfs_lzo(payload, unencoded_len: int, sector_size: int, *, zero_exte
     offset in `payload`, and LzoUnavailableError if python-lzo is missing.
     zero_extend=False returns the decoded bytes as they are, possibly fewer.
     """
-    lzo = _require_lzo()
     payload = memoryview(payload).cast("B")
     size = len(payload)
     if sector_size <= 0 or sector_size & (sector_size - 1):
@@ -107,6 +106,7 @@ def decode_btrfs_lzo(payload, unencoded_len: int, sector_size: int, *, zero_exte
             f"payload of {size} bytes is longer than total length {total_len} rounded up to a sector"
         )
 
+    lzo = _require_lzo()  # after the framing checks: damage is found without the decoder too
     max_seg = lzo1x_worst_compress(sector_size)
     out = bytearray()
     pos = LZO_LEN

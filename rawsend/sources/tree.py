@@ -17,8 +17,10 @@ from pathlib import Path
 from typing import Iterator
 
 from rawsend.errors import (
-    ChangedWhileRead, Replaced, SendNotice, SendWarning, SkippedSocket, SourceError, Unreadable, Vanished,
+    ChangedWhileRead, OtherFilesystem, Replaced, SendNotice, SendWarning, SkippedOutput, SkippedSocket, SourceError,
+    Unreadable, Vanished,
 )
+from rawsend.patterns import matches
 from rawsend.sources.items import DataChunk, EncodedChunk  # noqa: F401  (EncodedChunk: importable here too)
 from rawsend.stream.records import MAX_EXTENT_LEN, ROOT_ID, Create, Link, RecordType, SetXattr
 
@@ -33,6 +35,7 @@ class SourceReport:
     hardlinks: int = 0
     specials: int = 0
     logical_bytes: int = 0
+    excluded: int = 0  # paths left out by --exclude (a directory counts once, not its contents)
     warnings: list[SendWarning] = field(default_factory=list)  # send exits SendWarning.exit_code
     notices: list[SendNotice | str] = field(default_factory=list)  # worth saying, but not a failure (exit 0)
 
@@ -45,6 +48,24 @@ _TYPES = {stat.S_IFREG: RecordType.MKFILE, stat.S_IFDIR: RecordType.MKDIR,
           stat.S_IFBLK: RecordType.MKNOD, stat.S_IFIFO: RecordType.MKNOD}
 
 
+@dataclass
+class WalkRules:
+    """What the walk leaves out.
+
+    ``exclude``: patterns as rawsend.patterns matches them; an excluded directory is not entered.
+    ``one_filesystem``: directories on another filesystem than SOURCE (mount points, btrfs
+    subvolumes) are sent empty.  ``skip_inodes``: (st_dev, st_ino) of files never sent, such as the
+    stream being written inside the tree, each with the name to note it by.
+    """
+
+    exclude: tuple[str, ...] = ()
+    one_filesystem: bool = False
+    skip_inodes: dict = field(default_factory=dict)
+
+    def excludes(self, rel: str) -> bool:
+        return matches(self.exclude, rel)
+
+
 def _create(rtype, file_id, parent_id, name, st, size=0, target=b"") -> Create:
     return Create(rtype, file_id, parent_id, name, st.st_mode, st.st_uid, st.st_gid,
                   st.st_atime_ns, st.st_mtime_ns, size, target)
@@ -53,9 +74,12 @@ def _create(rtype, file_id, parent_id, name, st, size=0, target=b"") -> Create:
 class TreeSource:
     """Iterate a directory tree as stream items, depth first, names in byte order."""
 
+    rules = WalkRules()  # set on the instance to leave paths out
+
     def __init__(self, root: str | Path, report: SourceReport | None = None):
         self.root = Path(root)
         self.report = report or SourceReport()
+        self._root_dev = None
         self._next_id = ROOT_ID
         self._inodes: dict[tuple[int, int], int] = {}  # (dev, ino) of multiply-linked files
 
@@ -72,6 +96,7 @@ class TreeSource:
                               hint="give a directory that exists and can be read") from None
         try:
             st = os.fstat(root_fd)
+            self._root_dev = st.st_dev
             yield _create(RecordType.MKDIR, self._new_id(), 0, b"", st)
             self.report.dirs += 1
             yield from self._xattrs(ROOT_ID, root_fd, str(self.root))
@@ -85,12 +110,22 @@ class TreeSource:
         except OSError as e:
             self.report.warn(Unreadable(path, f"list the directory: {e.strerror}"))
             return
+        rules = self.rules
         for name in names:
             child = f"{path}/{os.fsdecode(name)}"
+            if rules.exclude and rules.excludes(child[len(str(self.root)) + 1:]):
+                self.report.excluded += 1
+                continue
             try:
                 st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
             except FileNotFoundError:
                 self.report.warn(Vanished(child))
+                continue
+            shown = rules.skip_inodes.get((st.st_dev, st.st_ino))
+            if shown is not None:
+                # as tar: "file is the archive; not dumped"; the temporary file and the one it replaces, once
+                if not any(isinstance(n, SkippedOutput) and n.path == shown for n in self.report.notices):
+                    self.report.notices.append(SkippedOutput(shown))
                 continue
             kind = stat.S_IFMT(st.st_mode)
             rtype = _TYPES.get(kind)
@@ -128,6 +163,9 @@ class TreeSource:
             yield _create(RecordType.MKDIR, file_id, parent_id, name, st)
             self.report.dirs += 1
             yield from self._xattrs(file_id, fd, path)
+            if self.rules.one_filesystem and st.st_dev != self._root_dev:
+                self.report.notices.append(OtherFilesystem(path))  # the mount point stays, as rsync -x
+                return
             yield from self._walk_dir(fd, file_id, path)
         finally:
             os.close(fd)
