@@ -34,6 +34,18 @@ def write_all(fd: int, data) -> None:
         view = view[os.write(fd, view):]
 
 
+def read_capped(fd: int, cap: int) -> bytes:
+    """Read ``fd`` to its end, but never more than ``cap + 1`` bytes: a result longer than
+    ``cap`` says the file is too large, without reading all of it."""
+    data = b""
+    while len(data) <= cap:
+        chunk = os.read(fd, cap + 1 - len(data))
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
 def fsync_dir(path) -> None:
     """Make a rename or create in ``path`` durable."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)

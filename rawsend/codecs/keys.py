@@ -16,7 +16,7 @@ import stat
 from typing import Callable
 
 from rawsend.errors import KeyFileError, OutputError
-from rawsend.fsutil import write_all
+from rawsend.fsutil import read_capped, write_all
 
 KEY_PREFIX = b"RAWSEND-KEY-1 "
 KEY_LEN = 32
@@ -97,12 +97,7 @@ def load_key(path: str | os.PathLike, warn: Callable[[str], None] | None = None)
         st = os.fstat(fd)
         if not (stat.S_ISREG(st.st_mode) or stat.S_ISFIFO(st.st_mode)):  # a pipe: --key-file <(...)
             raise KeyFileError("it is not a regular file or a pipe", path=path)
-        data = b""
-        while len(data) <= KEY_FILE_LEN:  # never more than one byte past a key file's size
-            chunk = os.read(fd, KEY_FILE_LEN + 1 - len(data))
-            if not chunk:
-                break
-            data += chunk
+        data = read_capped(fd, KEY_FILE_LEN)  # never more than one byte past a key file's size
     except OSError as e:
         raise KeyFileError(f"cannot read it: {e.strerror}", path=path) from None
     finally:

@@ -32,7 +32,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from rawsend.errors import (
     KeyFileError, LocalError, OutputError, SignatureError, SignatureMismatch, UnknownSigner,
 )
-from rawsend.fsutil import fsync_dir, write_all
+from rawsend.fsutil import fsync_dir, read_capped, write_all
 
 COMMENT_PREFIX = b"untrusted comment: "
 TRUSTED_PREFIX = b"trusted comment: "
@@ -135,12 +135,7 @@ def _read_small(path: str, cap: int, error, what: str) -> tuple[bytes, os.stat_r
         st = os.fstat(fd)
         if not (stat.S_ISREG(st.st_mode) or stat.S_ISFIFO(st.st_mode)):
             raise error(f"the {what} is not a regular file or a pipe", path=path)
-        data = b""
-        while len(data) <= cap:
-            chunk = os.read(fd, cap + 1 - len(data))
-            if not chunk:
-                break
-            data += chunk
+        data = read_capped(fd, cap)
     except OSError as e:
         raise error(f"cannot read the {what}: {e.strerror}", path=path) from None
     finally:
