@@ -3,7 +3,8 @@
 Three jobs, three places: the namespace (temporary directory, names, directory fds, commit and
 rename) is namespace.Namespace, what is kept of owners, modes, special files and privileged
 xattrs is policy.MetadataPolicy, and the sink itself writes the records' contents: files,
-links, xattrs and extents, verbatim with ENCODED_WRITE where btrfs takes them.
+links and xattrs; a file's data goes through an extents.ExtentWriter picked in begin()
+(verbatim with ENCODED_WRITE where btrfs takes them, else decoded with pwrite).
 """
 
 from __future__ import annotations
@@ -15,16 +16,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rawsend import btrfs
-from rawsend.codecs import lzo
-from rawsend.codecs.compress import decode, decode_short
 from rawsend.errors import DestinationError, MalformedRecord, RawsendError
 from rawsend.fsutil import syncfs
+from rawsend.sinks.extents import EncodedWriter, ExtentWriter, PwriteWriter
 from rawsend.sinks.namespace import Namespace
 from rawsend.sinks.policy import MetadataPolicy
 from rawsend.stream.records import ROOT_ID, Compression, Create, Extent, Link, RecordType, SetXattr
-
-# compressions btrfs stores as they are (zlib, zstd, LZO for each sector size)
-BTRFS_COMPRESSIONS = range(Compression.ZLIB, Compression.LZO_4K + 5)
 
 
 @dataclass
@@ -59,12 +56,8 @@ class TreeSink:
         self._cur_id = 0
         self._cur_fd = -1
         self._cur_rec: Create | None = None
-        # Why compressed extents cannot be written verbatim here at all (None: they can
-        # be tried), and the btrfs sector size they are checked against; set in begin().
-        self._no_encoded: btrfs.Refusal | None = None if encoded_writes else btrfs.NO_RAW
-        self._sector_size = 0
-        self._cur_nodatasum: bool | None = None  # known once the current file gets a compressed extent
-        self._cur_end = 0  # where the current file's data written so far ends
+        self.encoded_writes = encoded_writes
+        self.writer: ExtentWriter = PwriteWriter(self.report, btrfs.NO_RAW)  # picked in begin()
         # (uid, gid) every new file gets here, when that is ours (set in begin())
         self._owner_as_created: tuple[int, int] | None = None
 
@@ -72,17 +65,21 @@ class TreeSink:
 
     def begin(self, header) -> None:
         fd = self.ns.begin()
-        if self._no_encoded is None:
-            if not btrfs.is_btrfs(fd):
-                self._no_encoded = btrfs.NOT_BTRFS
-            elif not btrfs.has_cap_sys_admin():
-                self._no_encoded = btrfs.NO_CAP
-            else:
-                self._sector_size = btrfs.sector_size(fd)
+        self.writer = self._pick_writer(fd)
         st = os.fstat(fd)
         # new files get our euid and, also below a setgid or grpid directory, this gid
         if st.st_uid == os.geteuid() and st.st_gid == os.getegid():
             self._owner_as_created = (st.st_uid, st.st_gid)
+
+    def _pick_writer(self, fd: int) -> ExtentWriter:
+        """Encoded writes where they can be tried, else pwrite and the reason they cannot."""
+        if not self.encoded_writes:
+            return PwriteWriter(self.report, btrfs.NO_RAW)
+        if not btrfs.is_btrfs(fd):
+            return PwriteWriter(self.report, btrfs.NOT_BTRFS)
+        if not btrfs.has_cap_sys_admin():
+            return PwriteWriter(self.report, btrfs.NO_CAP)
+        return EncodedWriter(self.report, btrfs.sector_size(fd))
 
     def abort(self) -> None:
         self._close_file()
@@ -113,14 +110,9 @@ class TreeSink:
                 os.mkdir(rec.name, 0o700, dir_fd=parent_fd)
                 self.ns.dirs.append(rec.file_id)
             elif rec.type == RecordType.MKFILE:
-                self._cur_nodatasum = None
                 self._cur_fd = os.open(rec.name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
                                        | os.O_CLOEXEC, 0o600, dir_fd=parent_fd)
-                self._cur_end = 0
-                # Encoded writes check the file's size, so it is set first; otherwise
-                # _finish_file sets it only when the data did not (one syscall less per file).
-                if rec.size and self._no_encoded is None:
-                    os.ftruncate(self._cur_fd, rec.size)
+                self.writer.start_file(self._cur_fd, rec.size)
                 # before its xattrs: chown clears security.capability; a new file has none yet,
                 # so a chown to the owner it already has is skipped
                 if self.policy.preserve_owner and (rec.uid, rec.gid) != self._owner_as_created:
@@ -196,92 +188,20 @@ class TreeSink:
             self.report.warnings.append(f"{self.ns.path(rec.file_id)}: xattr {os.fsdecode(rec.name)} not set: {why}")
 
     def wants_encoded(self, rec: Extent) -> bool:
-        # Every compressed extent comes here still encoded: extent_encoded() writes it
-        # verbatim where btrfs takes it, else decodes it, and counts which and why.
+        # Every compressed extent comes here still encoded: the writer writes it verbatim
+        # where btrfs takes it, else decodes it, and counts which and why.
         return rec.compression != Compression.NONE
 
     def extent_encoded(self, rec: Extent, payload) -> None:
         """Write one compressed extent: verbatim with ENCODED_WRITE, or decoded with pwrite."""
-        reason = self._encoded_refusal(rec, payload)
-        decoded = None
-        if reason is None:
-            decoded = self._check_payload(rec, payload)
-            reason = self._readback_refusal(rec, payload, decoded)
-        if reason is None:
-            try:
-                btrfs.encoded_write(self._cur_fd, rec.offset, payload, rec.num_bytes, rec.unencoded_len,
-                                    rec.unencoded_offset, rec.compression)
-                self.report.encoded_extents += 1
-                return
-            except OSError as e:
-                # btrfs receive falls back on exactly EINVAL, ENOSPC and ENOTTY.  Nothing was
-                # written when the kernel refuses: its checks come before any allocation.
-                if e.errno not in btrfs.KERNEL_REFUSALS:
-                    raise self._os_error(e, rec.file_id) from None
-                reason = btrfs.KERNEL_REFUSALS[e.errno]
-                if e.errno in (errno.ENOTTY, errno.EOPNOTSUPP, errno.EPERM):
-                    self._no_encoded = reason  # it will refuse every other one as well
-        self.report.count_decoded(reason)
-        if decoded is None:
-            data = decode(payload, rec.compression, rec.unencoded_len)
-        else:  # already decoded by the check: zero-extend it as decode() does
-            data = decoded + bytes(rec.unencoded_len - len(decoded))
-        self.extent(rec, memoryview(data)[rec.unencoded_offset:rec.unencoded_offset + rec.num_bytes])
-
-    def _check_payload(self, rec: Extent, payload) -> bytes | None:
-        """Decode into a bounded buffer before a verbatim write; the bytes it decodes to.
-
-        The kernel stores encoded payloads unchecked: a frame that does not decode
-        would be accepted and only fail (EIO) when the file is read.  A receive must
-        not leave such a file behind looking complete, so a payload that does not
-        decode ends the receive with DecodeError, as it does off btrfs.  None: an LZO
-        payload and no decoder here.
-        """
-        if not lzo.AVAILABLE and Compression.LZO_4K <= rec.compression <= Compression.LZO_4K + 4:
-            self.report.unchecked_extents += 1  # no decoder here: the summary says so
-            return None
-        return decode_short(payload, rec.compression, rec.unencoded_len)
-
-    def _readback_refusal(self, rec: Extent, payload, decoded: bytes | None) -> btrfs.Refusal | None:
-        """Why btrfs would not read this extent back as the stream's bytes (a short
-        payload where the kernel may store it inline), or None to write it verbatim."""
-        inline = btrfs.may_be_inline(
-            offset=rec.offset, num_bytes=rec.num_bytes, unencoded_len=rec.unencoded_len,
-            unencoded_offset=rec.unencoded_offset, sector_size=self._sector_size,
-            dest_size=self._cur_rec.size)
-        return btrfs.readback_refusal(
-            payload=payload, decoded_len=None if decoded is None else len(decoded),
-            compression=rec.compression, unencoded_len=rec.unencoded_len, inline=inline)
-
-    def _encoded_refusal(self, rec: Extent, payload) -> btrfs.Refusal | None:
-        """Why this extent cannot go in with ENCODED_WRITE, or None to try it."""
-        if self._no_encoded is not None:
-            return self._no_encoded
-        if rec.compression not in BTRFS_COMPRESSIONS:
-            return btrfs.refusal(btrfs.RefusalKind.NOT_BTRFS_COMPRESSION,
-                                 f"{Compression.NAMES.get(rec.compression, rec.compression)} is not a btrfs compression")
-        if self._cur_nodatasum is None:
-            try:
-                self._cur_nodatasum = btrfs.is_nodatasum(self._cur_fd)
-            except OSError:
-                self._cur_nodatasum = False  # the kernel's answer to the write decides
-        # The file's size was set when it was created (ftruncate to rec.size), so
-        # an unaligned end is allowed exactly when the extent ends the file.
-        return btrfs.encoded_write_refusal(
-            offset=rec.offset, data_len=len(payload), num_bytes=rec.num_bytes,
-            unencoded_len=rec.unencoded_len, unencoded_offset=rec.unencoded_offset,
-            compression=rec.compression, sector_size=self._sector_size, dest_size=self._cur_rec.size,
-            nodatasum=self._cur_nodatasum)
+        try:
+            self.writer.write_encoded(rec, payload)
+        except OSError as e:
+            raise self._os_error(e, rec.file_id) from None
 
     def extent(self, rec: Extent, data) -> None:
         try:
-            view = memoryview(data)
-            offset = rec.offset
-            while view:
-                n = os.pwrite(self._cur_fd, view, offset)
-                view, offset = view[n:], offset + n
-            if offset > self._cur_end:
-                self._cur_end = offset
+            self.writer.write(rec.offset, data)
         except OSError as e:
             raise self._os_error(e, rec.file_id) from None
 
@@ -291,8 +211,7 @@ class TreeSink:
         rec, fd = self._cur_rec, self._cur_fd
         self._cur_fd = -1
         try:
-            if rec.size > self._cur_end and self._no_encoded is not None:
-                os.ftruncate(fd, rec.size)  # a hole at the end, or a file of holes
+            self.writer.finish_file()
             os.fchmod(fd, self.policy.mode(rec))
             os.utime(fd, ns=(rec.atime_ns, rec.mtime_ns))
         except OSError as e:
