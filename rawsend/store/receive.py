@@ -121,26 +121,22 @@ class _StreamFile:
             raise os_error(e, "syncing the stream to disk failed", self.path) from None
 
 
-def stored_events(stream: BinaryIO, payloads: PayloadCheck | None, stats: ReceiveStats,
+def stored_events(stream: BinaryIO, payloads: PayloadCheck, stats: ReceiveStats,
                   limits: Limits | None = None) -> Iterator[Event]:
     """The checks of receive --store, for the store and for a relay alike: the checked reader
-    without a key, and (``payloads``) a decode check of every clear payload; the first fault
-    in the stream wins."""
+    without a key, and a decode check of every clear payload; the first fault in the stream wins."""
     reader = CheckedReader(stream, require_key=False, limits=limits)
     try:
         for event in reader:
             count(stats, event)
-            if payloads is not None and isinstance(event, RecordEvent) and isinstance(event.record, Extent):
+            if isinstance(event, RecordEvent) and isinstance(event.record, Extent):
                 payloads.add(event.raw.index, event.raw.offset, event.record, event.raw.payload)
             elif isinstance(event, EndEvent):
                 stats.records = reader.record_count + 1
                 stats.stream_bytes = reader.offset
-                if payloads is not None:
-                    payloads.finish()  # before the caller's own checks of END: the first fault wins
+                payloads.finish()  # before the caller's own checks of END: the first fault wins
             yield event
     except RawsendError as e:
-        if payloads is None:
-            raise
         first = payloads.earlier_failure(e)
         if first is e:
             raise

@@ -1,11 +1,9 @@
 """Sending a stored stream on: the bytes out are the bytes that came in, checked as they are copied.
 
-Every stored stream is read back through the checked reader without a key and
-compared with its index entry (stream id, END digest, size, SHA-256 of the file),
-so a store damaged on disk is never relayed silently.  Payloads are not decoded
-again: the file's SHA-256 matching the entry proves they are the bytes that passed
-receive --store's decode check, and the receiving side decodes them anyway
-(``verify STORE`` is the full re-check).  The END record, the last
+Every stored stream is read back through the checks of receive --store (the
+CheckedReader without a key, and a decode check of each clear payload) and compared with
+its index entry (stream id, END digest, size, SHA-256 of the file), so a
+store damaged on disk is never relayed silently.  The END record, the last
 bytes out, is only written once the whole file matched: a fault stops the
 relay with an error and the receiving side sees a truncated stream, which it
 refuses.
@@ -23,6 +21,7 @@ from rawsend.errors import (
 from rawsend.store.index import IndexEntry
 from rawsend.store.layout import Store, damaged_hint
 from rawsend.pipeline import ReceiveStats
+from rawsend.store.payloads import PayloadCheck
 from rawsend.store.receive import stored_events
 from rawsend.stream.checked import EndEvent, HeaderEvent
 from rawsend.stream.records import END_BODY, PREAMBLE, RECORD_HEADER, End, Header
@@ -113,15 +112,16 @@ def send_from_store(store_path: str | os.PathLike, stream_id: str | None,
                     write: Callable[[bytes], None]) -> IndexEntry:
     """Write the stored stream ``stream_id`` (a unique prefix; None: the newest) to ``write``.
 
-    The bytes out are the bytes read, copied as the checked reader consumes them, and checked
-    without a key against the index entry: what was not stored as it is now is not relayed.
+    The bytes out are the bytes read, copied as the checked reader consumes them, and the
+    checks are those of receive --store (no key): what a store would refuse is not relayed.
     """
     with Store.open(store_path) as store:
         entry = store.find(stream_id)
         stored = StoredStream(store, entry)
     out = _HeldBack(write)
+    payloads = PayloadCheck()
     try:
-        for event in stored_events(TeeReader(stored, out.add), None, ReceiveStats()):
+        for event in stored_events(TeeReader(stored, out.add), payloads, ReceiveStats()):
             if isinstance(event, HeaderEvent):
                 stored.check_header(event.header)
             elif isinstance(event, EndEvent):
@@ -130,6 +130,7 @@ def send_from_store(store_path: str | os.PathLike, stream_id: str | None,
         stored.blame(e)
         raise
     finally:
+        payloads.close()
         stored.close()
     out.close()
     return entry
