@@ -190,3 +190,40 @@ def test_summaries_say_one_file_not_one_files(tmp_path):
     empty.mkdir()
     none = run_rawsend("send", "-o", str(tmp_path / "e.rs"), str(empty))
     assert b"sent 0 files, 1 dir, 0 symlinks, 0 hard links" in none.stderr
+
+
+# -- a failed first receive --store leaves no store behind ------------------------------------------
+
+def test_receive_store_of_a_non_stream_into_a_new_directory_leaves_nothing(tmp_path):
+    store = tmp_path / "new-store"
+    proc = run_rawsend("receive", "--store", str(store), input=b"not a rawsend stream at all\n")
+    assert proc.returncode == 1, proc.stderr
+    assert b"expected b'rawsend\\n'" in proc.stderr
+    assert not store.exists()
+    assert sorted(os.listdir(tmp_path)) == []
+
+
+def test_receive_store_of_a_truncated_stream_into_an_empty_directory_leaves_it_empty(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f").write_bytes(b"x" * 5000)
+    stream = run_rawsend("send", str(src), check=True).stdout
+    store = tmp_path / "empty"
+    store.mkdir()
+    proc = run_rawsend("receive", "--store", str(store), input=stream[:-10])
+    assert proc.returncode == 1, proc.stderr
+    assert store.is_dir() and os.listdir(store) == []
+
+
+def test_a_failed_receive_into_a_store_that_holds_streams_keeps_it_whole(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f").write_bytes(b"y" * 5000)
+    stream = run_rawsend("send", str(src), check=True).stdout
+    store = tmp_path / "store"
+    run_rawsend("receive", "--store", str(store), input=stream, check=True)
+    before = sorted(p.relative_to(store) for p in store.rglob("*"))
+    proc = run_rawsend("receive", "--store", str(store), input=b"garbage")
+    assert proc.returncode == 1
+    assert sorted(p.relative_to(store) for p in store.rglob("*")) == before
+    assert run_rawsend("verify", str(store)).returncode == 0

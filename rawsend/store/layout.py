@@ -91,6 +91,8 @@ class Store:
         self.tmp = root / TMP_DIR
         self.root_fd = root_fd
         self.streams_fd = self.index_fd = self.tmp_fd = -1
+        # what Store.create made (the directory; the store in it): a failed first receive takes it away
+        self.made_root = self.made_store = False
         try:
             if (st := lstat_at(root_fd, LOCK_NAME)) is not None and not stat.S_ISREG(st.st_mode):
                 raise not_ours(root / LOCK_NAME, "the lock file", kind_of(st.st_mode))
@@ -177,6 +179,7 @@ class Store:
             os.close(root_fd)
             raise
         store = cls(root, root_fd)  # closes root_fd itself if the layout is not what it made
+        store.made_root, store.made_store = made, not has_marker
         try:
             if not has_marker:
                 marker = json.dumps({"format": STORE_FORMAT, "version": STORE_VERSION}).encode() + b"\n"
@@ -339,6 +342,28 @@ class Store:
                 if isinstance(e, OSError):
                     raise os_error(e, "cannot write the index entry", self.entry_path(entry.stream_id)) from None
                 raise
+        return True
+
+    def remove_if_unused(self) -> bool:
+        """Take away the store this process just made, when nothing is in it (a first receive
+        that failed): no stream, no index entry, no temporary of another receive.  Whatever
+        is in it stays, and so does the store.  A directory that was there before (empty) stays,
+        empty again.  True when the store is gone."""
+        if not self.made_store:
+            return False
+        with self.locked():
+            if os.listdir(self.streams_fd) or os.listdir(self.index_fd) or os.listdir(self.tmp_fd):
+                return False
+            for name in (MARKER_NAME, LOCK_NAME):
+                _unlink(self.root_fd, name)
+            for name in (TMP_DIR, INDEX_DIR, STREAMS_DIR):
+                os.rmdir(name, dir_fd=self.root_fd)
+        self.close()
+        if self.made_root:
+            try:
+                os.rmdir(self.root)  # fails, and the directory stays, if anything else appeared in it
+            except OSError:
+                pass
         return True
 
     def clean_stale_temps(self) -> list[Path]:

@@ -170,6 +170,10 @@ def receive_into_store(stream: BinaryIO, store_path: str | os.PathLike, *, limit
             stored = store.commit(temp, entry)
         except BaseException:
             store.remove_temp(temp)
+            try:
+                store.remove_if_unused()  # a new store that got nothing is not left behind
+            except OSError:
+                pass  # the receive's own error is the one to report
             raise
         if not stored:
             entry = store.read_entry(entry.stream_id) or entry  # the copy that was there first
