@@ -14,7 +14,8 @@ from rawsend.errors import RawsendError
 from rawsend.stream.checked import CheckedReader, EndEvent, HeaderEvent, RecordEvent
 from rawsend.stream.reader import RawRecord
 from rawsend.stream.records import (
-    ROOT_ID, VERSION, Cipher, Compression, Create, End, Extent, Feature, Header, Link, RecordType, SetXattr,
+    ROOT_ID, VERSION, Base, Chmod, Chown, Cipher, Compression, Create, End, Extent, Feature, Header, Link,
+    PunchHole, RecordType, RemoveXattr, Rename, Rmdir, SetXattr, Truncate, Unlink, UpdateFile, Utimes,
 )
 
 
@@ -98,13 +99,64 @@ class Dumper:
         if rec.encryption:
             f["key_id"] = rec.key_id.hex()
 
+    # incremental records: a base file's path is not known without the base (shown as ?)
+
+    def _base(self, f: dict, rec: Base) -> None:
+        f.update(base=rec.stream_id.hex(), base_digest=rec.digest.hex(), first_id=rec.first_id)
+        self.paths[ROOT_ID] = b"."
+
+    def _rename(self, f: dict, rec: Rename) -> None:
+        dest = self._child(rec.to_parent_id, rec.to_name) if rec.to_parent_id in self.paths else None
+        f.update(id=rec.file_id, path=self._named(rec.parent_id, rec.name), dest=dest)
+        if dest is None:
+            self.paths.pop(rec.file_id, None)
+        else:
+            self.paths[rec.file_id] = dest
+
+    def _unlink(self, f: dict, rec: Unlink) -> None:
+        f.update(id=rec.file_id, path=self._named(rec.parent_id, rec.name))
+
+    def _named(self, parent_id: int, name: bytes) -> bytes:
+        """An entry's path when its parent's is known, else its name alone."""
+        return self._child(parent_id, name) if parent_id in self.paths else name
+
+    def _by_id(self, f: dict, rec) -> None:
+        f.update(id=rec.file_id, path=self.paths.get(rec.file_id))
+
+    def _sized(self, f: dict, rec: Truncate | UpdateFile) -> None:
+        self._by_id(f, rec)
+        f["size"] = rec.size
+
+    def _chmod(self, f: dict, rec: Chmod) -> None:
+        self._by_id(f, rec)
+        f["mode"] = f"{rec.mode:o}"
+
+    def _chown(self, f: dict, rec: Chown) -> None:
+        self._by_id(f, rec)
+        f.update(uid=rec.uid, gid=rec.gid)
+
+    def _utimes(self, f: dict, rec: Utimes) -> None:
+        self._by_id(f, rec)
+        f["mtime"] = _time(rec.mtime_ns)
+
+    def _remove_xattr(self, f: dict, rec: RemoveXattr) -> None:
+        self._by_id(f, rec)
+        f["name"] = rec.name
+
+    def _punch_hole(self, f: dict, rec: PunchHole) -> None:
+        self._by_id(f, rec)
+        f.update(file_offset=rec.offset, len=rec.length)
+
     def _end(self, f: dict, rec: End) -> None:
         f.update(records=rec.record_count, bytes=rec.byte_count, digest=rec.digest.hex())
         if any(rec.mac):
             f["mac"] = rec.mac.hex()
 
     # each record class's fields, after record, offset and type
-    _FIELDS = {Header: _header, Create: _create, Link: _link, SetXattr: _xattr, Extent: _extent, End: _end}
+    _FIELDS = {Header: _header, Create: _create, Link: _link, SetXattr: _xattr, Extent: _extent, End: _end,
+               Base: _base, Rename: _rename, Unlink: _unlink, Rmdir: _unlink, Truncate: _sized, Chmod: _chmod,
+               Chown: _chown, Utimes: _utimes, RemoveXattr: _remove_xattr, UpdateFile: _sized,
+               PunchHole: _punch_hole}
 
     def line(self, raw: RawRecord, rec) -> str:
         f = self.fields(raw, rec)

@@ -171,6 +171,7 @@ def send(items: Iterable, write: Callable[[bytes], None], *, compression: int = 
 @dataclass
 class ReceiveStats:
     records: int = 0
+    changes: int = 0          # incremental records (rename, unlink, ...) and the base
     files: int = 0
     dirs: int = 0
     symlinks: int = 0
@@ -209,7 +210,7 @@ def _count_record(stats: ReceiveStats, event: RecordEvent) -> None:
         name = Compression.NAMES[rec.compression]
         stats.by_compression[name] = stats.by_compression.get(name, 0) + 1
     else:
-        counter = _COUNTERS[event.raw.type]
+        counter = _COUNTERS.get(event.raw.type, "changes")  # incremental records: changes
         setattr(stats, counter, getattr(stats, counter) + 1)
 
 

@@ -17,7 +17,7 @@ from rawsend.sinks.tree import TreeSink
 from rawsend.stream.records import (
     CLEAR_TYPES, PAYLOAD_TYPES, RECORDS, Cipher, Compression, Create, Extent, RecordType, unpack_body,
 )
-from rawsend.stream.sink import NullSink, Sink
+from rawsend.stream.sink import ChangeSink, NullSink, Sink
 from tests.conftest import VECTORS
 
 PACKAGE = Path(rawsend.__file__).parent
@@ -26,14 +26,17 @@ PACKAGE = Path(rawsend.__file__).parent
 def test_every_record_type_has_one_class_and_one_name():
     assert set(RECORDS) == set(RecordType)
     assert RecordType.NAMES == {1: "header", 2: "mkdir", 3: "mkfile", 4: "mknod", 5: "symlink", 6: "link",
-                                7: "set_xattr", 8: "extent", 9: "end"}
+                                7: "set_xattr", 8: "extent", 9: "end", 10: "rename", 11: "unlink", 12: "rmdir",
+                                13: "truncate", 14: "chmod", 15: "chown", 16: "utimes", 17: "remove_xattr",
+                                18: "update_file", 20: "base", 21: "punch_hole"}
+    assert RecordType.INCREMENTAL == set(range(10, 22)) - {19}
     assert {RECORDS[t] for t in (RecordType.MKDIR, RecordType.MKFILE, RecordType.MKNOD, RecordType.SYMLINK)} == {Create}
 
 
 def test_what_the_registry_says_is_what_the_spec_says():
-    # stream-format.md: only extents carry a payload; HEADER, EXTENT and END bodies stay clear
+    # stream-format.md: only extents carry a payload; HEADER, BASE, EXTENT and END bodies stay clear
     assert PAYLOAD_TYPES == {RecordType.EXTENT}
-    assert CLEAR_TYPES == {RecordType.HEADER, RecordType.EXTENT, RecordType.END}
+    assert CLEAR_TYPES == {RecordType.HEADER, RecordType.BASE, RecordType.EXTENT, RecordType.END}
 
 
 def test_an_unknown_type_is_refused_by_name():
@@ -44,11 +47,13 @@ def test_an_unknown_type_is_refused_by_name():
 
 def test_every_sink_has_the_method_each_record_class_names():
     methods = {name for name, _ in inspect.getmembers(Sink, inspect.isfunction)}
+    changes = {name for name, _ in inspect.getmembers(ChangeSink, inspect.isfunction)}
     for cls in set(RECORDS.values()):
         if cls.SINK:
-            assert cls.SINK in methods, cls
-    for sink in (TreeSink, NullSink):
-        assert methods <= set(dir(sink)), sink
+            assert cls.SINK in (changes if set(cls.TYPES) <= RecordType.INCREMENTAL else methods), cls
+    assert methods < changes
+    assert methods <= set(dir(TreeSink))
+    assert changes <= set(dir(NullSink))
 
 
 def test_one_spelling_of_each_compression_and_cipher_name():

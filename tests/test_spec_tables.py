@@ -116,7 +116,9 @@ def record_types() -> dict[int, tuple[str, str, str]]:
 
 
 BODY_SECTION = {"header": "HEADER", "create": "Create records", "link": "LINK", "xattr": "SET_XATTR",
-                "extent": "EXTENT", "end": "END"}
+                "extent": "EXTENT", "end": "END", "base": "BASE", "rename": "RENAME", "unlink": "UNLINK and RMDIR",
+                "truncate": "TRUNCATE", "chmod": "CHMOD", "chown": "CHOWN", "utimes": "UTIMES",
+                "remove_xattr": "REMOVE_XATTR", "update_file": "UPDATE_FILE", "punch_hole": "PUNCH_HOLE"}
 
 
 def test_the_record_types_table_is_the_codes():
@@ -134,8 +136,9 @@ def test_compression_and_feature_tables_are_the_codes():
             listed[v] = name
     assert sorted(listed) == sorted(Compression.NAMES)
     assert all(Compression.NAMES[v].startswith(n) for v, n in listed.items())
-    (bits,) = [t for t in SECTIONS["HEADER (record 0)"] if t[0][0] == "bit"]
-    assert {1 << int(b): name for b, name, _ in bits[1:]} == Feature.REQUIRED_NAMES
+    required, optional = [t for t in SECTIONS["HEADER (record 0)"] if t[0][0] == "bit"]
+    assert {1 << int(b): name for b, name, _ in required[1:]} == Feature.REQUIRED_NAMES
+    assert {1 << int(b): name for b, name, _ in optional[1:]} == Feature.OPTIONAL_NAMES
 
 
 def test_every_body_len_rule_starts_where_the_fixed_fields_end():
@@ -169,7 +172,7 @@ def _same_as_the_code(section: str, rtype: int, fields: dict, body: bytes) -> No
     """What the spec's table read equals what rawsend's parser reads, field by field."""
     rec = unpack_body(rtype, body)
     derived = {"size_or_rdev": "size", "reserved": None, "name_len": "name", "target_len": "target",
-               "value_len": "value"}
+               "value_len": "value", "to_name_len": "to_name"}
     for name, value in fields.items():
         if name in ("atime_sec", "atime_nsec", "mtime_sec", "mtime_nsec"):
             which = name[:5]
@@ -177,7 +180,8 @@ def _same_as_the_code(section: str, rtype: int, fields: dict, body: bytes) -> No
         elif name in ("required_features", "optional_features", "stream_id", "created_ns", "cipher",
                       "key_id", "salt", "digest", "mac", "record_count", "byte_count", "nonce", "offset",
                       "num_bytes", "unencoded_len", "unencoded_offset", "disk_num_bytes", "compression",
-                      "encryption", "file_id", "parent_id", "mode", "uid", "gid", "name", "target", "value"):
+                      "encryption", "file_id", "parent_id", "mode", "uid", "gid", "name", "target", "value",
+                      "first_id", "to_parent_id", "to_name", "size", "length"):
             assert getattr(rec, name) == value, (section, name)
         elif derived.get(name):
             if name.endswith("_len"):

@@ -21,7 +21,7 @@ from rawsend.fsutil import syncfs
 from rawsend.sinks.extents import EncodedWriter, ExtentWriter, PwriteWriter
 from rawsend.sinks.namespace import Namespace
 from rawsend.sinks.policy import MetadataPolicy
-from rawsend.stream.records import ROOT_ID, Compression, Create, Extent, Link, RecordType, SetXattr
+from rawsend.stream.records import ROOT_ID, Compression, Create, Extent, Feature, Link, RecordType, SetXattr
 
 
 @dataclass
@@ -64,6 +64,10 @@ class TreeSink:
     # -- set-up and tear-down ---------------------------------------------------------------
 
     def begin(self, header) -> None:
+        if header.required_features & Feature.INCREMENTAL:
+            raise DestinationError("the stream is incremental: it changes a tree received before, and this"
+                                   " receiver builds only new trees from full streams",
+                                   hint="receive a full stream (rawsend send without --state) into a new DEST")
         fd = self.ns.begin()
         self.writer = self._pick_writer(fd)
         st = os.fstat(fd)

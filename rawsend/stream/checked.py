@@ -23,10 +23,10 @@ from dataclasses import dataclass
 from typing import BinaryIO, Iterator
 
 from rawsend.codecs.crypto import check_sealing
-from rawsend.errors import KeyMissing, KeyProblem, MalformedRecord, RawsendError, WrongKey
-from rawsend.stream.checker import Limits, StreamChecker, check_extent_features
+from rawsend.errors import KeyMissing, KeyProblem, MalformedRecord, RawsendError, RecordOrderError, WrongKey
+from rawsend.stream.checker import Limits, StreamChecker, check_clear_rules, check_extent_features
 from rawsend.stream.reader import RawRecord, StreamReader
-from rawsend.stream.records import End, Extent, Header, RecordType, unpack_body
+from rawsend.stream.records import End, Extent, Feature, Header, RecordType, unpack_body
 
 
 @dataclass(slots=True)
@@ -138,6 +138,7 @@ class CheckedReader:
         header, opener = self.header, self.opener
         try:
             check_sealing(header, raw)
+            check_clear_rules(header, raw.type, raw.index)
             if raw.type not in RecordType.NAMES:  # skippable, of a later version: the reader said so
                 body = opener.open_metadata(raw) if opener is not None else raw.body
                 return SkippedEvent(raw, body)  # authenticated like any record, then skipped
@@ -178,6 +179,9 @@ class CheckedReader:
             self.opener.check_end(self.reader.header_body, end, raw.index, raw.offset)
 
     def _end(self, raw: RawRecord) -> EndEvent:
+        if raw.index == 1 and self.header.required_features & Feature.INCREMENTAL:
+            raise RecordOrderError("an incremental stream that ends without its base record", record=raw.index,
+                                   offset=raw.offset)
         if not self.keyless:
             self.checker.finish(raw.index, raw.offset)
         return EndEvent(raw, self.reader.end, self.opener is not None)

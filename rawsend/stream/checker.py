@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 
 from rawsend.errors import LimitExceeded, MalformedRecord, RecordOrderError
 from rawsend.stream.records import (
-    ROOT_ID, Compression, Create, Extent, Feature, Header, Link, RecordType, SetXattr,
+    ROOT_ID, Base, Chmod, Chown, Compression, Create, Extent, Feature, Header, Link, PunchHole, RecordType,
+    RemoveXattr, Rename, Rmdir, SetXattr, Truncate, Unlink, UpdateFile, Utimes,
 )
 
 
@@ -34,6 +35,9 @@ class _Inode:
     size: int = 0
 
 
+_BASE_DIR = _Inode(RecordType.MKDIR, 0, 0)  # a directory of the base: the receiver knows its depth
+
+
 @dataclass
 class StreamChecker:
     limits: Limits = field(default_factory=Limits)
@@ -48,6 +52,12 @@ class StreamChecker:
     # entry stays small whatever the names' lengths (a 128-bit digest makes a false clash
     # as likely as guessing a random key)
     names: set[bytes] = field(default_factory=set)
+    # incremental streams: ids below first_id are the base's, which only a receiver holding
+    # the base can check; ids from first_id on are this stream's creates
+    first_id: int = 0           # 0: a full stream
+    current_size: int = 0       # size of the current file (its MKFILE, or UPDATE_FILE)
+    removed: set[int] = field(default_factory=set)      # ids of this stream's creates removed again
+    xattrs_of: dict[int, list[int]] = field(default_factory=dict)  # incremental: [count, bytes] per id
 
     def check(self, rec, index: int) -> None:
         rule = self._RULES.get(type(rec))
@@ -55,16 +65,31 @@ class StreamChecker:
             rule(self, rec, index)
 
     def _parent(self, parent_id: int, index: int) -> _Inode:
+        if self._in_base(parent_id):  # the receiver checks that it holds a directory there
+            return _BASE_DIR
         parent = self.inodes.get(parent_id)
-        if parent is None or parent.type != RecordType.MKDIR:
+        if parent is None or parent.type != RecordType.MKDIR or parent_id in self.removed:
             raise RecordOrderError(f"parent id {parent_id} is not a directory created earlier", record=index)
         return parent
 
+    def _in_base(self, file_id: int) -> bool:
+        return 0 < file_id < self.first_id
+
+    def _live(self, file_id: int, index: int, what: str) -> _Inode | None:
+        """This stream's inode ``file_id``, or None for one of the base's."""
+        if self._in_base(file_id):
+            return None
+        inode = self.inodes.get(file_id)
+        if inode is None or file_id in self.removed:
+            raise RecordOrderError(f"{what} of file id {file_id}, which neither the base nor this stream"
+                                   " created before", record=index)
+        return inode
+
     def _create(self, rec: Create, index: int) -> None:
-        expected = len(self.inodes) + ROOT_ID
+        expected = len(self.inodes) + (self.first_id or ROOT_ID)
         if rec.file_id != expected:
             raise RecordOrderError(f"file id {rec.file_id}, expected the next id {expected}", record=index)
-        if not self.inodes and rec.type != RecordType.MKDIR:
+        if not self.inodes and rec.type != RecordType.MKDIR and not self.first_id:
             raise RecordOrderError("the first record after the header must create the root", record=index)
         self._count_name(index)
         depth = 0
@@ -81,12 +106,18 @@ class StreamChecker:
                                     hint="raise --max-bytes if this stream is trusted")
         self.inodes[rec.file_id] = _Inode(rec.type, rec.parent_id, depth, rec.size)
         self.current, self.extent_end, self.xattr_count, self.xattr_bytes = rec.file_id, 0, 0, 0
+        self.current_size = rec.size
 
     def _link(self, rec: Link, index: int) -> None:
-        target = self.inodes.get(rec.file_id)
-        if target is None or target.type != RecordType.MKFILE:
-            raise RecordOrderError(f"link to file id {rec.file_id}, which is not a regular file created"
-                                   " earlier in this stream", record=index)
+        if self.first_id:  # incremental: any non-directory, of the base or of this stream
+            target = self._live(rec.file_id, index, "link")
+            if target is not None and target.type == RecordType.MKDIR:
+                raise RecordOrderError(f"link to file id {rec.file_id}, a directory", record=index)
+        else:
+            target = self.inodes.get(rec.file_id)
+            if target is None or target.type != RecordType.MKFILE:
+                raise RecordOrderError(f"link to file id {rec.file_id}, which is not a regular file created"
+                                       " earlier in this stream", record=index)
         self._parent(rec.parent_id, index)
         self._count_name(index)
         self._new_name(rec.parent_id, rec.name, index)
@@ -101,41 +132,125 @@ class StreamChecker:
                                   hint="a name is created once per directory (spec rule 5); the stream is damaged")
         self.names.add(key)
 
+    def _drop_name(self, parent_id: int, name: bytes) -> None:
+        """A name goes away (unlink, rmdir, the old name of a rename): it may be created again."""
+        self.names.discard(hashlib.blake2b(parent_id.to_bytes(8, "little") + name, digest_size=16).digest())
+
     def _count_name(self, index: int) -> None:
         if len(self.inodes) + self.links >= self.limits.max_files:
             raise LimitExceeded(f"more than {self.limits.max_files} files", record=index,
                                 hint="raise --max-files if this stream is trusted")
 
     def _extent(self, rec: Extent, index: int) -> None:
-        inode = self.inodes.get(rec.file_id)
-        if rec.file_id != self.current or inode is None or inode.type != RecordType.MKFILE:
-            raise RecordOrderError(f"extent for file id {rec.file_id}, but the file being written is"
+        self._data_range(rec.file_id, rec.offset, rec.num_bytes, "extent", index)
+
+    def _data_range(self, file_id: int, offset: int, length: int, what: str, index: int) -> None:
+        """EXTENT and PUNCH_HOLE: the current regular file, in offset order, within its size."""
+        if file_id != self.current or not self.current_is_file:
+            raise RecordOrderError(f"{what} for file id {file_id}, but the file being written is"
                                    f" {self.current or 'none'}", record=index)
-        if rec.offset < self.extent_end:
-            raise RecordOrderError(f"extent at offset {rec.offset} overlaps or precedes the previous one"
+        if offset < self.extent_end:
+            raise RecordOrderError(f"{what} at offset {offset} overlaps or precedes the previous one"
                                    f" (which ends at {self.extent_end})", record=index)
-        end = rec.offset + rec.num_bytes
-        if end > inode.size:
-            raise RecordOrderError(f"extent ends at {end}, beyond the file's declared size {inode.size}",
+        end = offset + length
+        if end > self.current_size:
+            raise RecordOrderError(f"{what} ends at {end}, beyond the file's declared size {self.current_size}",
                                    record=index)
         self.extent_end = end
 
+    @property
+    def current_is_file(self) -> bool:
+        if self._in_base(self.current):
+            return True  # made current by UPDATE_FILE, which the receiver checks is a regular file
+        inode = self.inodes.get(self.current)
+        return inode is not None and inode.type == RecordType.MKFILE
+
     def _xattr(self, rec: SetXattr, index: int) -> None:
+        if self.first_id:  # incremental: any live file, counted per file
+            self._live(rec.file_id, index, "set_xattr")
+            tally = self.xattrs_of.setdefault(rec.file_id, [0, 0])
+            tally[0] += 1
+            tally[1] += len(rec.name) + len(rec.value)
+            self._xattr_caps(tally[0], tally[1], index)
+            return
         if not self.current or rec.file_id != self.current:  # id 0: no file is current
             raise RecordOrderError(f"xattr for file id {rec.file_id}, but the current file is"
                                    f" {self.current or 'none'}", record=index)
         self.xattr_count += 1
         self.xattr_bytes += len(rec.name) + len(rec.value)
-        if self.xattr_count > self.limits.max_xattrs_per_file:
+        self._xattr_caps(self.xattr_count, self.xattr_bytes, index)
+
+    def _xattr_caps(self, count: int, size: int, index: int) -> None:
+        if count > self.limits.max_xattrs_per_file:
             raise LimitExceeded(f"more than {self.limits.max_xattrs_per_file} xattrs on one file", record=index)
-        if self.xattr_bytes > self.limits.max_xattr_bytes_per_file:
+        if size > self.limits.max_xattr_bytes_per_file:
             raise LimitExceeded(f"xattrs of one file over {self.limits.max_xattr_bytes_per_file} bytes",
                                 record=index)
 
-    _RULES = {Create: _create, Link: _link, Extent: _extent, SetXattr: _xattr}  # by record class
+    # -- incremental streams (spec "Incremental streams") ------------------------------------
+
+    def _base(self, rec: Base, index: int) -> None:
+        if index != 1 or self.inodes:
+            raise RecordOrderError("a base record anywhere but right after the header", record=index)
+        self.first_id = rec.first_id
+
+    def _rename(self, rec: Rename, index: int) -> None:
+        self._live(rec.file_id, index, "rename")
+        self._parent(rec.parent_id, index)
+        to_parent = self._parent(rec.to_parent_id, index)
+        if rec.file_id == rec.to_parent_id:
+            raise RecordOrderError(f"rename of directory id {rec.file_id} into itself", record=index)
+        self._drop_name(rec.parent_id, rec.name)
+        self._new_name(rec.to_parent_id, rec.to_name, index)
+        inode = self.inodes.get(rec.file_id)
+        if inode is not None:  # keep depths right for what is created under it later
+            inode.parent_id = rec.to_parent_id
+            inode.depth = to_parent.depth + 1
+
+    def _unlink(self, rec: Unlink, index: int) -> None:
+        self._remove(rec, index, is_dir=False)
+
+    def _rmdir(self, rec: Rmdir, index: int) -> None:
+        self._remove(rec, index, is_dir=True)
+
+    def _remove(self, rec: Unlink, index: int, is_dir: bool) -> None:
+        what = RecordType.NAMES[rec.type]
+        inode = self._live(rec.file_id, index, what)
+        self._parent(rec.parent_id, index)
+        if inode is not None and (inode.type == RecordType.MKDIR) != is_dir:
+            kind = "directory" if inode.type == RecordType.MKDIR else "non-directory"
+            raise RecordOrderError(f"{what} of file id {rec.file_id}, a {kind}", record=index)
+        self._drop_name(rec.parent_id, rec.name)
+        if inode is not None and is_dir:
+            self.removed.add(rec.file_id)  # a directory has one name; a file may have others
+
+    def _truncate(self, rec: Truncate, index: int) -> None:
+        self._regular(rec.file_id, index, "truncate")
+        if self.current == rec.file_id:
+            self.current = 0  # data records after a truncate need a new update_file
+
+    def _regular(self, file_id: int, index: int, what: str) -> None:
+        inode = self._live(file_id, index, what)
+        if inode is not None and inode.type != RecordType.MKFILE:
+            raise RecordOrderError(f"{what} of file id {file_id}, which is not a regular file", record=index)
+
+    def _update_file(self, rec: UpdateFile, index: int) -> None:
+        self._regular(rec.file_id, index, "update_file")
+        self.current, self.extent_end, self.current_size = rec.file_id, 0, rec.size
+
+    def _punch_hole(self, rec: PunchHole, index: int) -> None:
+        self._data_range(rec.file_id, rec.offset, rec.length, "punch_hole", index)
+
+    def _attribute(self, rec, index: int) -> None:  # chmod, chown, utimes, remove_xattr
+        self._live(rec.file_id, index, RecordType.NAMES[rec.type])
+
+    _RULES = {Create: _create, Link: _link, Extent: _extent, SetXattr: _xattr, Base: _base, Rename: _rename,
+              Unlink: _unlink, Rmdir: _rmdir, Truncate: _truncate, UpdateFile: _update_file,
+              PunchHole: _punch_hole, Chmod: _attribute, Chown: _attribute, Utimes: _attribute,
+              RemoveXattr: _attribute}  # by record class
 
     def finish(self, index: int, offset: int | None = None) -> None:
-        if not self.inodes:
+        if not self.inodes and not self.first_id:
             raise RecordOrderError("the stream ends without creating its root directory", record=index,
                                    offset=offset)
 
@@ -149,3 +264,16 @@ def check_extent_features(header: Header, extent: Extent) -> None:
         raise MalformedRecord("lz4 extent in a stream whose header does not set the required feature lz4",
                               hint="a reader without lz4 would have refused the stream at its header;"
                                    " the stream is damaged or not conforming")
+
+
+def check_clear_rules(header: Header, raw_type: int, index: int) -> None:
+    """Rules on what a keyless reader sees too: incremental records need their feature bit,
+    and an incremental stream's record 1 is BASE."""
+    incremental = header.required_features & Feature.INCREMENTAL
+    if raw_type in RecordType.INCREMENTAL and not incremental:
+        raise MalformedRecord(f"{RecordType.NAMES[raw_type]} record in a stream whose header does not set"
+                              " the required feature incremental",
+                              hint="incremental records change a base tree; the stream is damaged or not"
+                                   " conforming")
+    if incremental and (index == 1) != (raw_type == RecordType.BASE):
+        raise RecordOrderError("an incremental stream's record 1 must be its base record, and only record 1")

@@ -57,6 +57,18 @@ class RecordType(enum.IntEnum):
     SET_XATTR = 7
     EXTENT = 8
     END = 9
+    # incremental streams (required feature `incremental`): changes to a tree the receiver holds
+    RENAME = 10
+    UNLINK = 11
+    RMDIR = 12
+    TRUNCATE = 13
+    CHMOD = 14
+    CHOWN = 15
+    UTIMES = 16
+    REMOVE_XATTR = 17
+    UPDATE_FILE = 18
+    BASE = 20
+    PUNCH_HOLE = 21
 
     @classmethod
     def may_skip(cls, rtype: int) -> bool:
@@ -77,9 +89,9 @@ RecordType.NAMES = {t.value: t.name.lower() for t in RecordType}
 RecordType.NEVER_SKIPPABLE = (range(0, 1),     # 0 is no type: zeroed or damaged bytes
                               range(10, 32))   # incremental: rename, unlink, ..., clone
 # 32..47 (signature, hash of the whole stream) are always skippable
-RecordType.RESERVED = {10: "rename", 11: "unlink", 12: "rmdir", 13: "truncate", 14: "chmod", 15: "chown",
-                       16: "utimes", 17: "remove_xattr", 18: "update_file", 19: "clone",
-                       32: "signature", 33: "stream_hash"}
+RecordType.RESERVED = {19: "clone", 32: "signature", 33: "stream_hash"}
+# Types a stream may carry only when it sets the required feature `incremental`.
+RecordType.INCREMENTAL = frozenset(range(10, 22)) & frozenset(RecordType.NAMES)
 
 
 # -- the record registry ----------------------------------------------------------------
@@ -115,11 +127,14 @@ class Feature:
 
     ENCRYPTED = 1 << 0   # extents and metadata are sealed (spec section "Encryption")
     LZ4 = 1 << 1         # some extents use compression 16 (lz4 block)
+    INCREMENTAL = 1 << 2  # changes to the tree of a base stream (record 1 is BASE)
 
-    REQUIRED_NAMES = {ENCRYPTED: "encrypted", LZ4: "lz4"}
-    # No optional feature is defined in v1; unknown optional bits are ignored.
-    OPTIONAL_NAMES: dict[int, str] = {}
-    SUPPORTED_REQUIRED = ENCRYPTED | LZ4
+    REQUIRED_NAMES = {ENCRYPTED: "encrypted", LZ4: "lz4", INCREMENTAL: "incremental"}
+    SUPPORTED_REQUIRED = ENCRYPTED | LZ4 | INCREMENTAL
+
+    # Optional bits: a reader that does not know one ignores it.
+    TRACKED = 1 << 2     # sent with --state: a receiver records what it holds, for incrementals
+    OPTIONAL_NAMES: dict[int, str] = {TRACKED: "tracked"}
 
 
 class Cipher(enum.IntEnum):
@@ -181,6 +196,7 @@ _CREATE_KIND = {
     RecordType.MKNOD: (stat.S_IFCHR, stat.S_IFBLK, stat.S_IFIFO, stat.S_IFSOCK),
 }
 ROOT_ID = 1
+MAX_FILE_ID = 2**63 - 1  # ids of a chain of incremental streams keep counting up from the base's
 
 
 @dataclass(frozen=True, slots=True)
@@ -388,6 +404,312 @@ class Extent(_Record):
                    compression, encryption, key_id, nonce)
 
 
+# -- incremental records ---------------------------------------------------------------------
+#
+# Only in streams with the required feature `incremental` (spec "Incremental streams").  They
+# address files by file id: ids persist across the streams of a chain, so the receiver needs
+# no replay of renames to know which file a record means.  Every one is sealed in an
+# encrypted stream but BASE, which a keyless store reads to link a stream to its base.
+
+# base_stream_id 16s, base_digest 32s (the base's END digest), first_id u64
+BASE_BODY = struct.Struct("<16s32sQ")
+
+
+@dataclass(frozen=True, slots=True)
+class Base(_Record):
+    """Record 1 of an incremental stream: the stream whose tree it changes."""
+    TYPES = (RecordType.BASE,)
+    SEALED = False
+    SINK = "base"
+
+    stream_id: bytes
+    digest: bytes
+    first_id: int      # the file id this stream's first create record carries
+
+    type = RecordType.BASE
+
+    def pack(self) -> bytes:
+        assert len(self.stream_id) == 16 and len(self.digest) == 32
+        return BASE_BODY.pack(self.stream_id, self.digest, self.first_id)
+
+    @classmethod
+    def unpack(cls, body: bytes) -> "Base":
+        _exact(body, BASE_BODY.size, "base")
+        base = cls(*BASE_BODY.unpack(body))
+        if not ROOT_ID < base.first_id <= MAX_FILE_ID:
+            raise MalformedRecord(f"base first_id {base.first_id} not in 2..{MAX_FILE_ID}")
+        return base
+
+
+# file_id u64, parent_id u64, to_parent_id u64, name_len u16, to_name_len u16; name, to_name
+RENAME_BODY = struct.Struct("<QQQHH")
+
+
+@dataclass(frozen=True, slots=True)
+class Rename(_Record):
+    """Move the entry ``name`` in ``parent_id`` (a name of ``file_id``) to a free name."""
+    TYPES = (RecordType.RENAME,)
+    SINK = "rename"
+
+    file_id: int
+    parent_id: int
+    name: bytes
+    to_parent_id: int
+    to_name: bytes
+
+    type = RecordType.RENAME
+
+    def pack(self) -> bytes:
+        return (RENAME_BODY.pack(self.file_id, self.parent_id, self.to_parent_id, len(self.name),
+                                 len(self.to_name)) + self.name + self.to_name)
+
+    @classmethod
+    def unpack(cls, body: bytes) -> "Rename":
+        _at_least(body, RENAME_BODY.size, "rename")
+        file_id, parent_id, to_parent_id, name_len, to_name_len = RENAME_BODY.unpack_from(body)
+        _exact(body, RENAME_BODY.size + name_len + to_name_len, "rename")
+        name = bytes(body[RENAME_BODY.size:RENAME_BODY.size + name_len])
+        to_name = bytes(body[RENAME_BODY.size + name_len:])
+        check_name(name)
+        check_name(to_name)
+        _not_root(file_id, "rename")
+        return cls(file_id, parent_id, name, to_parent_id, to_name)
+
+
+# file_id u64, parent_id u64, name_len u16; then name (the layout of LINK)
+UNLINK_BODY = LINK_BODY
+
+
+@dataclass(frozen=True, slots=True)
+class Unlink(_Record):
+    """Remove the entry ``name`` in ``parent_id``, a name of the non-directory ``file_id``."""
+    TYPES = (RecordType.UNLINK,)
+    SINK = "unlink"
+
+    file_id: int
+    parent_id: int
+    name: bytes
+
+    type = RecordType.UNLINK
+
+    def pack(self) -> bytes:
+        return UNLINK_BODY.pack(self.file_id, self.parent_id, len(self.name)) + self.name
+
+    @classmethod
+    def unpack(cls, body: bytes):
+        what = RecordType.NAMES[cls.type]
+        _at_least(body, UNLINK_BODY.size, what)
+        file_id, parent_id, name_len = UNLINK_BODY.unpack_from(body)
+        _exact(body, UNLINK_BODY.size + name_len, what)
+        name = bytes(body[UNLINK_BODY.size:])
+        check_name(name)
+        _not_root(file_id, what)
+        return cls(file_id, parent_id, name)
+
+
+@dataclass(frozen=True, slots=True)
+class Rmdir(Unlink):
+    """Remove the empty directory ``file_id``, entry ``name`` in ``parent_id``."""
+    TYPES = (RecordType.RMDIR,)
+    SINK = "rmdir"
+
+    type = RecordType.RMDIR
+
+
+# file_id u64, size u64
+TRUNCATE_BODY = struct.Struct("<QQ")
+
+
+@dataclass(frozen=True, slots=True)
+class Truncate(_Record):
+    """Set the size of the regular file ``file_id`` (cut or extend with a hole)."""
+    TYPES = (RecordType.TRUNCATE,)
+    SINK = "truncate"
+
+    file_id: int
+    size: int
+
+    type = RecordType.TRUNCATE
+
+    def pack(self) -> bytes:
+        return TRUNCATE_BODY.pack(self.file_id, self.size)
+
+    @classmethod
+    def unpack(cls, body: bytes) -> "Truncate":
+        _exact(body, TRUNCATE_BODY.size, "truncate")
+        rec = cls(*TRUNCATE_BODY.unpack(body))
+        _size(rec.size, "truncate")
+        _not_root(rec.file_id, "truncate")
+        return rec
+
+
+# file_id u64, mode u32 (permission bits only)
+CHMOD_BODY = struct.Struct("<QI")
+
+
+@dataclass(frozen=True, slots=True)
+class Chmod(_Record):
+    TYPES = (RecordType.CHMOD,)
+    SINK = "chmod"
+
+    file_id: int
+    mode: int
+
+    type = RecordType.CHMOD
+
+    def pack(self) -> bytes:
+        return CHMOD_BODY.pack(self.file_id, self.mode)
+
+    @classmethod
+    def unpack(cls, body: bytes) -> "Chmod":
+        _exact(body, CHMOD_BODY.size, "chmod")
+        rec = cls(*CHMOD_BODY.unpack(body))
+        if rec.mode & ~0o7777:
+            raise MalformedRecord(f"chmod mode {rec.mode:o} has bits beyond the permission bits 7777")
+        return rec
+
+
+# file_id u64, uid u32, gid u32
+CHOWN_BODY = struct.Struct("<QII")
+
+
+@dataclass(frozen=True, slots=True)
+class Chown(_Record):
+    TYPES = (RecordType.CHOWN,)
+    SINK = "chown"
+
+    file_id: int
+    uid: int
+    gid: int
+
+    type = RecordType.CHOWN
+
+    def pack(self) -> bytes:
+        return CHOWN_BODY.pack(self.file_id, self.uid, self.gid)
+
+    @classmethod
+    def unpack(cls, body: bytes) -> "Chown":
+        _exact(body, CHOWN_BODY.size, "chown")
+        return cls(*CHOWN_BODY.unpack(body))
+
+
+# file_id u64, atime_sec i64, atime_nsec u32, mtime_sec i64, mtime_nsec u32
+UTIMES_BODY = struct.Struct("<QqIqI")
+
+
+@dataclass(frozen=True, slots=True)
+class Utimes(_Record):
+    TYPES = (RecordType.UTIMES,)
+    SINK = "utimes"
+
+    file_id: int
+    atime_ns: int
+    mtime_ns: int
+
+    type = RecordType.UTIMES
+
+    def pack(self) -> bytes:
+        a_sec, a_nsec = divmod(self.atime_ns, 1_000_000_000)
+        m_sec, m_nsec = divmod(self.mtime_ns, 1_000_000_000)
+        return UTIMES_BODY.pack(self.file_id, a_sec, a_nsec, m_sec, m_nsec)
+
+    @classmethod
+    def unpack(cls, body: bytes) -> "Utimes":
+        _exact(body, UTIMES_BODY.size, "utimes")
+        file_id, a_sec, a_nsec, m_sec, m_nsec = UTIMES_BODY.unpack(body)
+        if a_nsec >= 1_000_000_000 or m_nsec >= 1_000_000_000:
+            raise MalformedRecord("nanoseconds field is 1e9 or more")
+        return cls(file_id, a_sec * 1_000_000_000 + a_nsec, m_sec * 1_000_000_000 + m_nsec)
+
+
+# file_id u64, name_len u16; then name
+REMOVE_XATTR_BODY = struct.Struct("<QH")
+
+
+@dataclass(frozen=True, slots=True)
+class RemoveXattr(_Record):
+    TYPES = (RecordType.REMOVE_XATTR,)
+    SINK = "remove_xattr"
+
+    file_id: int
+    name: bytes
+
+    type = RecordType.REMOVE_XATTR
+
+    def pack(self) -> bytes:
+        return REMOVE_XATTR_BODY.pack(self.file_id, len(self.name)) + self.name
+
+    @classmethod
+    def unpack(cls, body: bytes) -> "RemoveXattr":
+        _at_least(body, REMOVE_XATTR_BODY.size, "remove_xattr")
+        file_id, name_len = REMOVE_XATTR_BODY.unpack_from(body)
+        if not 0 < name_len <= MAX_XATTR_NAME_LEN:
+            raise LimitExceeded(f"xattr name length {name_len} not in 1..{MAX_XATTR_NAME_LEN}")
+        _exact(body, REMOVE_XATTR_BODY.size + name_len, "remove_xattr")
+        name = bytes(body[REMOVE_XATTR_BODY.size:])
+        if b"\0" in name:
+            raise MalformedRecord("xattr name contains NUL")
+        return cls(file_id, name)
+
+
+# file_id u64, size u64
+UPDATE_FILE_BODY = struct.Struct("<QQ")
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateFile(_Record):
+    """Make the regular file ``file_id`` current: the EXTENT and PUNCH_HOLE records after it
+    change its data.  ``size`` is its size at this point of the stream."""
+    TYPES = (RecordType.UPDATE_FILE,)
+    SINK = "update_file"
+
+    file_id: int
+    size: int
+
+    type = RecordType.UPDATE_FILE
+
+    def pack(self) -> bytes:
+        return UPDATE_FILE_BODY.pack(self.file_id, self.size)
+
+    @classmethod
+    def unpack(cls, body: bytes) -> "UpdateFile":
+        _exact(body, UPDATE_FILE_BODY.size, "update_file")
+        rec = cls(*UPDATE_FILE_BODY.unpack(body))
+        _size(rec.size, "update_file")
+        _not_root(rec.file_id, "update_file")
+        return rec
+
+
+# file_id u64, offset u64, length u64
+PUNCH_HOLE_BODY = struct.Struct("<QQQ")
+
+
+@dataclass(frozen=True, slots=True)
+class PunchHole(_Record):
+    """Deallocate ``length`` bytes of the current file at ``offset``: they read as zeros."""
+    TYPES = (RecordType.PUNCH_HOLE,)
+    SINK = "punch_hole"
+
+    file_id: int
+    offset: int
+    length: int
+
+    type = RecordType.PUNCH_HOLE
+
+    def pack(self) -> bytes:
+        return PUNCH_HOLE_BODY.pack(self.file_id, self.offset, self.length)
+
+    @classmethod
+    def unpack(cls, body: bytes) -> "PunchHole":
+        _exact(body, PUNCH_HOLE_BODY.size, "punch_hole")
+        rec = cls(*PUNCH_HOLE_BODY.unpack(body))
+        if rec.length == 0:
+            raise MalformedRecord("punch_hole of length 0")
+        if rec.offset + rec.length > MAX_FILE_SIZE:
+            raise LimitExceeded("punch_hole ends beyond 2^63-1")
+        return rec
+
+
 # -- END ------------------------------------------------------------------------------------
 
 # record_count u64, byte_count u64, digest 32s (SHA-256), mac 32s (zero unless encrypted)
@@ -429,6 +751,16 @@ def check_name(name: bytes) -> None:
         raise UnsafePath(f"name {name!r} contains '/' or NUL")
 
 
+def _not_root(file_id: int, what: str) -> None:
+    if file_id == ROOT_ID:
+        raise MalformedRecord(f"{what} of file id 1, the root")
+
+
+def _size(size: int, what: str) -> None:
+    if size > MAX_FILE_SIZE:
+        raise LimitExceeded(f"{what} size {size} over {MAX_FILE_SIZE}")
+
+
 def _exact(body, size: int, what: str) -> None:
     if len(body) != size:
         raise MalformedRecord(f"{what} body is {len(body)} bytes, expected {size}")
@@ -439,7 +771,10 @@ def _at_least(body, size: int, what: str) -> None:
         raise MalformedRecord(f"{what} body is {len(body)} bytes, expected at least {size}")
 
 
-RECORDS: dict[int, type] = {t: cls for cls in (Header, Create, Link, SetXattr, Extent, End) for t in cls.TYPES}
+RECORDS: dict[int, type] = {t: cls for cls in (Header, Create, Link, SetXattr, Extent, End, Base, Rename, Unlink,
+                                                Rmdir, Truncate, Chmod, Chown, Utimes, RemoveXattr, UpdateFile,
+                                                PunchHole)
+                            for t in cls.TYPES}
 PAYLOAD_TYPES = frozenset(t for t, cls in RECORDS.items() if cls.PAYLOAD)
 CLEAR_TYPES = frozenset(t for t, cls in RECORDS.items() if not cls.SEALED)  # clear in an encrypted stream
 

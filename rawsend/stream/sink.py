@@ -3,14 +3,17 @@
 One method per record kind, as btrfs-progs' btrfs_send_ops has one callback per
 command for receive and dump alike; pipeline.deliver calls them by each record
 class's SINK name.  TreeSink (a directory tree) and NullSink (verify, dump) are
-the two sinks.
+the two sinks; ChangeSink adds the methods of incremental streams' records.
 """
 
 from __future__ import annotations
 
 from typing import Protocol
 
-from rawsend.stream.records import Create, Extent, Header, Link, SetXattr
+from rawsend.stream.records import (
+    Base, Chmod, Chown, Create, Extent, Header, Link, PunchHole, RemoveXattr, Rename, Rmdir, SetXattr, Truncate,
+    Unlink, UpdateFile, Utimes,
+)
 
 
 class Sink(Protocol):
@@ -39,6 +42,35 @@ class Sink(Protocol):
         """Any error: leave nothing behind."""
 
 
+class ChangeSink(Sink, Protocol):
+    """A sink that also applies incremental streams (spec "Incremental streams"): changes to the
+    base tree it holds.  A Sink that is not one refuses an incremental stream in ``begin``."""
+
+    def base(self, rec: Base) -> None:
+        """Record 1 of an incremental stream: the stream whose tree this one changes."""
+
+    def rename(self, rec: Rename) -> None: ...
+
+    def unlink(self, rec: Unlink) -> None: ...
+
+    def rmdir(self, rec: Rmdir) -> None: ...
+
+    def truncate(self, rec: Truncate) -> None: ...
+
+    def chmod(self, rec: Chmod) -> None: ...
+
+    def chown(self, rec: Chown) -> None: ...
+
+    def utimes(self, rec: Utimes) -> None: ...
+
+    def remove_xattr(self, rec: RemoveXattr) -> None: ...
+
+    def update_file(self, rec: UpdateFile) -> None:
+        """Make an existing regular file current: the extents and holes after it change it."""
+
+    def punch_hole(self, rec: PunchHole) -> None: ...
+
+
 class NullSink:
     """A sink that keeps nothing: verify and dump decode every payload and drop it."""
 
@@ -49,5 +81,16 @@ class NullSink:
     def wants_encoded(self, rec): return False
     def extent(self, rec, data): pass
     def extent_encoded(self, rec, payload): pass
+    def base(self, rec): pass
+    def rename(self, rec): pass
+    def unlink(self, rec): pass
+    def rmdir(self, rec): pass
+    def truncate(self, rec): pass
+    def chmod(self, rec): pass
+    def chown(self, rec): pass
+    def utimes(self, rec): pass
+    def remove_xattr(self, rec): pass
+    def update_file(self, rec): pass
+    def punch_hole(self, rec): pass
     def commit(self): pass
     def abort(self): pass

@@ -326,9 +326,9 @@ def damaged(plain: bytes, packed: bytes) -> dict[str, tuple[bytes, Verdict]]:
     add("unknown_type_not_skippable", insert(base, 2, frame(64, 0, b"a later version's record")),
         growth + "an unknown type without SKIPPABLE", "MalformedRecord", 2, SMALL_2,
         reason="unknown record type 64 not marked skippable")
-    add("reserved_type_marked_skippable", insert(base, 2, frame(10, FLAG_SKIPPABLE, b"rename")),
+    add("reserved_type_marked_skippable", insert(base, 2, frame(19, FLAG_SKIPPABLE, b"clone")),
         growth + "SKIPPABLE on a never-skippable range", "MalformedRecord", 2, SMALL_2,
-        reason="record type 10 (reserved for rename) marked skippable")
+        reason="record type 19 (reserved for clone) marked skippable")
     add("type_zero_marked_skippable", insert(base, 2, frame(0, FLAG_SKIPPABLE, b"")),
         growth + "SKIPPABLE on type 0", "MalformedRecord", 2, SMALL_2, reason="record type 0 marked skippable")
     add("known_type_marked_skippable", reframe(base, 2, flags=FLAG_SKIPPABLE),
