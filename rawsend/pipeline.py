@@ -46,6 +46,8 @@ class SendStats:
     payload_bytes: int = 0     # extent payload bytes on the wire
     stream_bytes: int = 0
     by_compression: dict[str, int] = field(default_factory=dict)
+    stream_id: bytes = b""     # the HEADER's, and END's digest: what a tracked send records
+    end_digest: bytes = b""
 
 
 class Encoder:
@@ -91,7 +93,7 @@ class Encoder:
                 self._pending.append(self._extent(index, item.extent, item.payload))
         else:
             body, flags = item.pack(), 0
-            if self.sealer:
+            if self.sealer and item.SEALED:  # BASE stays clear, for keyless stores
                 body, flags = self.sealer.seal_metadata(index, item.type, body), FLAG_SEALED
             self._pending.append(_Framed(item.type, body, b"", flags, None))
         while len(self._pending) > self.max_in_flight:
@@ -123,6 +125,8 @@ class Encoder:
             self.close()
         self.stats.records = self.writer.record_count
         self.stats.stream_bytes = self.writer.byte_count
+        self.stats.stream_id = self.writer.header.stream_id
+        self.stats.end_digest = end.digest
         return end
 
     def close(self) -> None:
@@ -135,11 +139,12 @@ class Encoder:
 
 
 def make_header(*, compression: int, sealer=None, stream_id: bytes | None = None,
-                created_ns: int | None = None) -> Header:
-    required = Feature.LZ4 if compression == Compression.LZ4 else 0
+                created_ns: int | None = None, required: int = 0, optional: int = 0) -> Header:
+    """The HEADER of a new stream; ``required`` and ``optional`` add feature bits (incremental, tracked)."""
+    required |= Feature.LZ4 if compression == Compression.LZ4 else 0
     fields = dict(stream_id=stream_id or os.urandom(16),
                   created_ns=time.time_ns() if created_ns is None else created_ns,
-                  required_features=required)
+                  required_features=required, optional_features=optional)
     if sealer is not None:
         fields.update(sealer.header_fields())
         fields["required_features"] |= Feature.ENCRYPTED
@@ -148,10 +153,10 @@ def make_header(*, compression: int, sealer=None, stream_id: bytes | None = None
 
 def send(items: Iterable, write: Callable[[bytes], None], *, compression: int = Compression.ZSTD,
          level: int = 3, threads: int | None = None, sealer=None, stream_id: bytes | None = None,
-         created_ns: int | None = None, progress=None) -> SendStats:
+         created_ns: int | None = None, progress=None, required: int = 0, optional: int = 0) -> SendStats:
     """Write one complete stream of ``items`` (records and chunks from a source)."""
     header = make_header(compression=compression, sealer=sealer, stream_id=stream_id,
-                         created_ns=created_ns)
+                         created_ns=created_ns, required=required, optional=optional)
     if sealer is not None:
         sealer.start(header)
     writer = StreamWriter(write, header)
