@@ -7,7 +7,9 @@ File contents, xattr values and link targets are never stored.
 
 ``scan()`` walks SRC by the rules of rawsend.sources.tree (names in byte order, lstat,
 never following a symlink, sockets left out, specials without xattrs) and, by default,
-stays on SRC's filesystem.  Every non-directory is one entry however many names it has.
+stays on SRC's filesystem.  A regular file is one entry however many names it has; the
+names of a hard-linked symlink, FIFO or device are separate entries, as a full stream sends
+them (its LINK names only regular files).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import struct
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from rawsend.errors import SourceError
 from rawsend.incremental.digest import DIGEST_LEN, Digester
@@ -153,6 +155,7 @@ class ScanReport:
     hardlinks: int = 0
     specials: int = 0
     logical_bytes: int = 0
+    excluded: int = 0  # paths left out by exclude patterns (a directory counts once)
     warnings: list[str] = field(default_factory=list)  # an entry that could not be read: send warns
     notices: list[str] = field(default_factory=list)   # left out on purpose (sockets, other filesystems)
 
@@ -198,6 +201,7 @@ class FileIds:
     def __init__(self, known: dict[tuple[int, int], Entry], next_id: int):
         self.known = known
         self.next_id = max(next_id, FIRST_FILE_ID)
+        self._given: set[int] = set()  # a kept id goes to one inode only
 
     def new(self) -> int:
         file_id = self.next_id
@@ -209,7 +213,8 @@ class FileIds:
         the inode number was freed and given to a new file."""
         old = self.known.get((dev, ino))
         if (old is not None and old.file_id != ROOT_ID and old.kind == stat.S_IFMT(mode)
-                and old.identity() == identity and old.btime_ns == btime_ns):
+                and old.identity() == identity and old.btime_ns == btime_ns and old.file_id not in self._given):
+            self._given.add(old.file_id)
             return old.file_id
         return self.new()
 
@@ -259,22 +264,29 @@ def birth_time(dir_fd: int, name: bytes) -> int:
 
 
 def scan(root: str | os.PathLike, ids: FileIds, digester: Digester, *, one_file_system: bool = True,
-         report: ScanReport | None = None, started_ns: int | None = None) -> Scan:
+         report: ScanReport | None = None, started_ns: int | None = None,
+         exclude: Callable[[str], bool] | None = None, skip_inodes: dict | None = None) -> Scan:
     """Walk ``root`` and return every inode under it with its file id.
 
     ``started_ns`` (default: now, taken before the walk) is the time the race guard of the
-    next send compares timestamps with.  Problems with single entries are warnings in
-    ``report``, as in the tree source; an unreadable root is a SourceError.
+    next send compares timestamps with.  ``exclude(path relative to root)`` leaves a path out
+    (a directory is not entered); ``skip_inodes`` maps (dev, ino) of files never sent (the
+    stream being written inside the tree) to the name a notice gives them.  Problems with
+    single entries are warnings in ``report``, as in the tree source; an unreadable root is a
+    SourceError.
     """
     if started_ns is None:
         started_ns = time.time_ns()
     report = report or ScanReport()
-    return _Scanner(Path(root), ids, digester, one_file_system, report).run(started_ns)
+    return _Scanner(Path(root), ids, digester, one_file_system, report, exclude, skip_inodes or {}).run(started_ns)
 
 
 class _Scanner:
-    def __init__(self, root: Path, ids: FileIds, digester: Digester, one_fs: bool, report: ScanReport):
+    def __init__(self, root: Path, ids: FileIds, digester: Digester, one_fs: bool, report: ScanReport,
+                 exclude: Callable[[str], bool] | None = None, skip_inodes: dict | None = None):
         self.root, self.ids, self.digester, self.one_fs, self.report = root, ids, digester, one_fs, report
+        self.exclude, self.skip_inodes = exclude, skip_inodes or {}
+        self.skipped_noted: set = set()
         self.entries: dict[int, Scanned] = {}
         self.by_inode: dict[tuple[int, int], int] = {}   # non-directories: (dev, ino) -> file id
         self.dirs_seen: set[tuple[int, int]] = set()     # a bind mount can show a directory twice
@@ -328,6 +340,9 @@ class _Scanner:
 
     def _child(self, dir_fd: int, dir_id: int, name: bytes, path: bytes):
         """Record one directory entry; return a stack frame when it is a directory to enter."""
+        if self.exclude is not None and self.exclude(os.fsdecode(path)):
+            self.report.excluded += 1
+            return None
         try:
             st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
         except FileNotFoundError:
@@ -335,6 +350,12 @@ class _Scanner:
             return None
         except OSError as e:
             self.report.warn(f"{self._show(path)}: cannot stat: {e.strerror}")
+            return None
+        shown = self.skip_inodes.get((st.st_dev, st.st_ino))
+        if shown is not None:
+            if shown not in self.skipped_noted:  # as tar: "file is the archive; not dumped"
+                self.skipped_noted.add(shown)
+                self.report.notices.append(f"{shown}: the stream being written; left out")
             return None
         kind = stat.S_IFMT(st.st_mode)
         if kind not in _KEPT:
@@ -349,8 +370,10 @@ class _Scanner:
         if kind == stat.S_IFDIR:
             return self._dir(dir_fd, dir_id, name, path)
         key = (st.st_dev, st.st_ino)
+        if kind != stat.S_IFREG:
+            key = None  # a full stream links regular files only: other inodes are one entry per name
         btime = birth_time(dir_fd, name) if key not in self.by_inode else 0
-        if key in self.by_inode:  # another name of an inode already found
+        if key is not None and key in self.by_inode:  # another name of an inode already found
             scanned = self.entries[self.by_inode[key]]
             scanned.entry = replace(scanned.entry, names=tuple(sorted(scanned.entry.names + ((dir_id, name),))))
             scanned.paths.append(path)
@@ -379,7 +402,8 @@ class _Scanner:
                                       rdev if kind != stat.S_IFIFO else None)
             self._add(file_id, st, (dir_id, name), path, size=rdev, btime_ns=btime)
             self.report.specials += 1
-        self.by_inode[key] = file_id
+        if key is not None:
+            self.by_inode[key] = file_id
         return None
 
     def _at(self, dir_fd: int, name: bytes, path: bytes) -> bytes:
