@@ -298,8 +298,16 @@ def main():
               help="Do not enter directories on another filesystem (mount points, btrfs subvolumes); send them empty.")
 @click.option("-n", "--dry-run", is_flag=True,
               help="Walk SOURCE and say what would be sent and the estimated stream size; write nothing.")
+# send --state: incremental sends (the _send_tracked block below)
+@click.option("--state", "state_path", type=click.Path(dir_okay=False, readable=False),
+              help="Keep what was sent from SOURCE in this file (created when missing) and send only what changed"
+                   " since: a full stream the first time, an incremental stream after.")
+@click.option("--parent", "parent_id", default=None, metavar="STREAM_ID",
+              help="With --state: send against this earlier stream (a unique prefix of its id; default: the newest).")
+@click.option("--keep-state", "keep_state", type=click.IntRange(min=1), default=None, metavar="N",
+              help="With --state: keep the newest N streams in STATE to send against (default: 10).")
 def send(source, output, compress_name, level, encrypt_key, cipher, threads, no_raw, progress, stream_id,
-         excludes, exclude_from, one_fs, dry_run):
+         excludes, exclude_from, one_fs, dry_run, state_path, parent_id, keep_state):
     """Write a stream of the tree SOURCE to stdout (or -o FILE).
 
     When SOURCE is a store, relay one stored stream instead, byte for byte.
@@ -310,7 +318,8 @@ def send(source, output, compress_name, level, encrypt_key, cipher, threads, no_
         given = [name for name, value in (("--encrypt", encrypt_key), ("--level", level), ("--threads", threads))
                  if value is not None]
         given += [name for name, value in (("--exclude", excludes), ("--exclude-from", exclude_from),
-                                           ("--one-file-system", one_fs), ("--dry-run", dry_run)) if value]
+                                           ("--one-file-system", one_fs), ("--dry-run", dry_run),
+                                           ("--state", state_path)) if value]
         if click.get_current_context().get_parameter_source("compress_name") is click.core.ParameterSource.COMMANDLINE:
             given.append("--compress")
         if given:
@@ -319,6 +328,8 @@ def send(source, output, compress_name, level, encrypt_key, cipher, threads, no_
         return
     if stream_id is not None:
         raise click.UsageError("--stream applies only when SOURCE is a store")
+    if state_path is None and (parent_id is not None or keep_state is not None):
+        raise click.UsageError(f"{'--parent' if parent_id is not None else '--keep-state'} applies only with --state")
     from rawsend.codecs.compress import DEFAULT_LEVELS
     from rawsend.pipeline import send as do_send
     from rawsend.progress import Progress, prewalk_total
@@ -336,6 +347,10 @@ def send(source, output, compress_name, level, encrypt_key, cipher, threads, no_
         from rawsend.codecs.keys import load_key
         from rawsend.stream.records import Cipher
         sealer = Sealer(load_key(encrypt_key, warn=_warn), Cipher.BY_NAME[cipher])
+    if state_path is not None:
+        _send_tracked(source, state_path, parent_id, keep_state, output, compression, level, threads, sealer,
+                      progress, patterns, one_fs, dry_run)
+        return
     tree, report = _tree_source(source, raw=not no_raw)
     if dry_run:
         tree.rules = WalkRules(exclude=patterns, one_filesystem=one_fs)
@@ -365,6 +380,73 @@ def send(source, output, compress_name, level, encrypt_key, cipher, threads, no_
          + left_out + _btrfs_send_summary(report))
     if report.warnings:
         sys.exit(SendWarning.exit_code)
+
+
+# -- send --state ------------------------------------------------------------------------------
+
+def _send_tracked(source, state_path, parent_id, keep, output, compression, level, threads, sealer, progress,
+                  patterns, one_fs, dry_run) -> None:
+    """send --state: the stream of what changed since the parent (all of SOURCE the first time);
+    STATE records it only once the stream's last byte is written and flushed."""
+    from rawsend.incremental.diff import describe
+    from rawsend.incremental.send import TrackedSend, warnings_of
+    from rawsend.incremental.state import DEFAULT_KEEP
+    from rawsend.patterns import matches
+    from rawsend.progress import Progress
+    from rawsend.stream.writer import fd_writer
+    from rawsend.text import clean
+
+    exclude = functools.partial(matches, tuple(patterns)) if patterns else None
+    started = time.monotonic()
+    with TrackedSend.open(state_path, source, parent=parent_id, warn=_warn) as ts:
+        if dry_run:
+            plan = ts.scan(source, one_file_system=one_fs, exclude=exclude)
+            for line in plan.lines() if _verbosity >= 1 else ():
+                echo(clean(line))  # no stream: stdout is free
+            _tracked_summary(ts, None, None, time.monotonic() - started)
+            return
+        with _output(output, "send") as out_fd:
+            plan = ts.scan(source, one_file_system=one_fs, exclude=exclude, skip_inodes=_own_output(out_fd, output))
+            for line in plan.lines() if _verbosity >= 1 else ():
+                echo(clean(line), err=True)  # stdout may be the stream
+            bar = Progress(progress, "send", total=ts.bytes_to_read())
+            try:
+                stats = ts.send(fd_writer(out_fd), compression=compression, level=level, threads=threads,
+                                sealer=sealer, progress=bar if bar.active else None)
+            finally:
+                bar.close()
+        info = ts.commit(keep or DEFAULT_KEEP)  # the stream is complete: -o FILE is in place, stdout written
+        warnings = warnings_of(ts)
+        _tracked_summary(ts, stats, info, time.monotonic() - started)
+    if warnings:
+        sys.exit(SendWarning.exit_code)
+
+
+def _tracked_summary(ts, stats, info, elapsed: float) -> None:
+    from rawsend.incremental.send import warnings_of
+    report = ts.report
+    for w in warnings_of(ts):
+        _err(f"warning: {w}")
+    for note in report.notices:
+        _note(f"note: {note}")
+    changes = ", ".join(f"{n} {kind}" for kind, n in ts.stats.changes.items() if kind != "times set") or "no changes"
+    left_out = f"; {_n(report.excluded, 'path')} excluded" if report.excluded else ""
+    if ts.incremental:
+        what = f"incremental stream against {ts.parent.id_hex}: {changes}"
+    else:
+        what = (f"full stream: {_n(report.files, 'file')}, {_n(report.dirs, 'dir')}, "
+                f"{_n(report.symlinks, 'symlink')}, {_n(report.hardlinks, 'hard link')}")
+    s = ts.stats
+    data = (f"{_n(s.files_read, 'file')} read ({_human(s.bytes_read)}), {_n(s.extents_sent, 'extent')} sent,"
+            f" {s.extents_unchanged} unchanged" + (f", {_n(s.holes_punched, 'hole')} punched" if s.holes_punched else ""))
+    if stats is None:
+        _note(f"would send {what}; {_n(len(ts.plan.reread), 'file')} to read"
+              f" ({_human(ts.bytes_to_read())}){left_out}; nothing written, STATE unchanged")
+        return
+    _note(f"sent {what}; {data}: {_human(stats.logical_bytes)} of data as {_human(stats.stream_bytes)} of stream"
+          f" in {elapsed:.2f} s{left_out}")
+    _note(f"stream {info.id_hex} recorded in STATE {ts.state.path} ({_human(ts.state.size())},"
+          f" {_n(len(ts.state.streams()), 'stream')} kept)")
 
 
 def _dry_run(tree, report, compress_name: str, compression: int, level: int, sealed: bool) -> None:
