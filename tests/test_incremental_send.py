@@ -398,3 +398,35 @@ def test_dry_run_writes_and_records_nothing(tree, tmp_path):
     assert b"mkfile new" in proc.stdout and b"would send incremental stream" in proc.stderr
     with State.open(state, tree, create=False) as st:
         assert len(st.streams()) == 1
+
+
+def test_unchanged_inodes_keep_xattrs_and_changed_ones_are_read(tmp_path):
+    """Outside the race guard an inode whose ctime is the parent's keeps the parent's xattr digests
+    unread; any xattr change sets ctime, so it is still seen."""
+    import time
+    src, state = tmp_path / "src", tmp_path / "STATE"
+    for name in ("kept", "changed", "removed"):
+        write(src / "d" / name, name.encode())
+        os.setxattr(src / "d" / name, "user.v", b"one")
+    os.setxattr(src / "d", "user.dir", b"dir")
+    time.sleep(2.1)  # older than the race guard of the next send
+    send(src, state, tmp_path / "s1")
+    send(src, state, tmp_path / "s2")
+    assert not [r for r in dump(tmp_path / "s2") if r["type"] not in ("header", "base", "end")]
+    os.setxattr(src / "d" / "changed", "user.v", b"two")
+    os.removexattr(src / "d" / "removed", "user.v")
+    send(src, state, tmp_path / "s3")
+    recs = dump(tmp_path / "s3")
+    ids = ids_by_path(state, src)
+    assert [(r["id"], r["name"]) for r in of_type(recs, "set_xattr")] == [(ids[b"d/changed"], "user.v")]
+    assert [(r["id"], r["name"]) for r in of_type(recs, "remove_xattr")] == [(ids[b"d/removed"], "user.v")]
+    paths = check_manifest(state, src)
+    assert [n for n, _ in paths[b"d/kept"].xattrs] == [b"user.v"] and [n for n, _ in paths[b"d"].xattrs] == [b"user.dir"]
+    assert paths[b"d/changed"].xattrs != manifest_of_first(state, src)[b"d/changed"].xattrs
+
+
+def manifest_of_first(state: Path, src: Path) -> dict:
+    with State.open(state, src, create=False) as st:
+        entries = st.manifest(st.streams()[0])
+    paths = walk_paths(entries)
+    return {paths[fid]: e for fid, e in entries.items()}

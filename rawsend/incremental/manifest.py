@@ -20,6 +20,7 @@ import functools
 import os
 import stat
 import struct
+import threading
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -253,32 +254,49 @@ def birth_time(dir_fd: int, name: bytes) -> int:
     fn = _statx()
     if fn is None:
         return 0
-    buf = ctypes.create_string_buffer(256)
+    buf = _statx_buffer()
     flags = _AT_SYMLINK_NOFOLLOW | (_AT_EMPTY_PATH if not name else 0)
     if fn(dir_fd, name, flags, _STATX_BTIME, buf) != 0:
         return 0
-    if not int.from_bytes(buf.raw[0:4], "little") & _STATX_BTIME:
+    if not _MASK.unpack_from(buf)[0] & _STATX_BTIME:
         return 0
-    sec, nsec = _BTIME.unpack_from(buf.raw, 80)
+    sec, nsec = _BTIME.unpack_from(buf, 80)
     return sec * 1_000_000_000 + nsec
+
+
+_MASK = struct.Struct("<I")
+_buffers = threading.local()
+
+
+def _statx_buffer():
+    """One struct statx buffer per thread, reused: allocating one per file costs more than the call."""
+    buf = getattr(_buffers, "buf", None)
+    if buf is None:
+        buf = _buffers.buf = ctypes.create_string_buffer(256)
+    return buf
 
 
 def scan(root: str | os.PathLike, ids: FileIds, digester: Digester, *, one_file_system: bool = True,
          report: ScanReport | None = None, started_ns: int | None = None,
-         exclude: Callable[[str], bool] | None = None, skip_inodes: dict | None = None) -> Scan:
+         exclude: Callable[[str], bool] | None = None, skip_inodes: dict | None = None,
+         trusted_before_ns: int = 0) -> Scan:
     """Walk ``root`` and return every inode under it with its file id.
 
     ``started_ns`` (default: now, taken before the walk) is the time the race guard of the
     next send compares timestamps with.  ``exclude(path relative to root)`` leaves a path out
     (a directory is not entered); ``skip_inodes`` maps (dev, ino) of files never sent (the
-    stream being written inside the tree) to the name a notice gives them.  Problems with
+    stream being written inside the tree) to the name a notice gives them.  An inode whose ctime
+    is its parent entry's and before ``trusted_before_ns`` keeps the parent's birth time and
+    xattr digests without reading them (their values are then not in Scanned).  Problems with
     single entries are warnings in ``report``, as in the tree source; an unreadable root is a
     SourceError.
     """
     if started_ns is None:
         started_ns = time.time_ns()
     report = report or ScanReport()
-    return _Scanner(Path(root), ids, digester, one_file_system, report, exclude, skip_inodes or {}).run(started_ns)
+    scanner = _Scanner(Path(root), ids, digester, one_file_system, report, exclude, skip_inodes or {})
+    scanner.trusted_before_ns = trusted_before_ns
+    return scanner.run(started_ns)
 
 
 class _Scanner:
@@ -287,6 +305,7 @@ class _Scanner:
         self.root, self.ids, self.digester, self.one_fs, self.report = root, ids, digester, one_fs, report
         self.exclude, self.skip_inodes = exclude, skip_inodes or {}
         self.skipped_noted: set = set()
+        self.trusted_before_ns = 0
         self.entries: dict[int, Scanned] = {}
         self.by_inode: dict[tuple[int, int], int] = {}   # non-directories: (dev, ino) -> file id
         self.dirs_seen: set[tuple[int, int]] = set()     # a bind mount can show a directory twice
@@ -336,7 +355,7 @@ class _Scanner:
              target=b"", btime_ns=0) -> None:
         entry = _entry(file_id, st, (name,), size, tuple((n, d) for n, d, _ in xattrs), extents, btime_ns)
         self.entries[file_id] = Scanned(entry, st.st_atime_ns, target,
-                                        {n: v for n, _, v in xattrs}, [path])
+                                        {n: v for n, _, v in xattrs if v is not None}, [path])
 
     def _child(self, dir_fd: int, dir_id: int, name: bytes, path: bytes):
         """Record one directory entry; return a stack frame when it is a directory to enter."""
@@ -372,13 +391,14 @@ class _Scanner:
         key = (st.st_dev, st.st_ino)
         if kind != stat.S_IFREG:
             key = None  # a full stream links regular files only: other inodes are one entry per name
-        btime = birth_time(dir_fd, name) if key not in self.by_inode else 0
         if key is not None and key in self.by_inode:  # another name of an inode already found
             scanned = self.entries[self.by_inode[key]]
             scanned.entry = replace(scanned.entry, names=tuple(sorted(scanned.entry.names + ((dir_id, name),))))
             scanned.paths.append(path)
             self.report.hardlinks += 1
             return None
+        known = self._unchanged(st) if kind == stat.S_IFREG else None
+        btime = known.btime_ns if known is not None else birth_time(dir_fd, name)
         if kind == stat.S_IFLNK:
             try:
                 target = os.readlink(name, dir_fd=dir_fd)
@@ -392,8 +412,10 @@ class _Scanner:
             self.report.symlinks += 1
         elif kind == stat.S_IFREG:
             file_id = self.ids.assign(st.st_dev, st.st_ino, st.st_mode, btime)
-            self._add(file_id, st, (dir_id, name), path, size=st.st_size, btime_ns=btime,
-                      xattrs=self._xattrs(self._at(dir_fd, name, path), path))
+            xattrs = self._kept_xattrs(known, file_id)
+            if xattrs is None:
+                xattrs = self._xattrs(self._at(dir_fd, name, path), path)
+            self._add(file_id, st, (dir_id, name), path, size=st.st_size, btime_ns=btime, xattrs=xattrs)
             self.report.files += 1
             self.report.logical_bytes += st.st_size
         else:  # FIFOs and devices: the tree source sends no xattrs for them, nor does this
@@ -424,11 +446,32 @@ class _Scanner:
             self.report.warn(f"{self._show(path)}: directory already seen (a bind mount?); left out")
             return None
         self.dirs_seen.add(key)
-        btime = birth_time(fd, b"")
+        known = self._unchanged(st)
+        btime = known.btime_ns if known is not None else birth_time(fd, b"")
         file_id = self.ids.assign(st.st_dev, st.st_ino, st.st_mode, btime)
-        self._add(file_id, st, (parent_id, name), path, xattrs=self._xattrs(fd, path), btime_ns=btime)
+        xattrs = self._kept_xattrs(known, file_id)
+        if xattrs is None:
+            xattrs = self._xattrs(fd, path)
+        self._add(file_id, st, (parent_id, name), path, xattrs=xattrs, btime_ns=btime)
         self.report.dirs += 1
         return (fd, file_id, path, self._names(fd, path))
+
+    def _unchanged(self, st) -> Entry | None:
+        """The parent's entry of this inode when its ctime is the parent's, and older than the race
+        guard: then its birth time and xattrs are the parent's (every change of either sets ctime),
+        and neither needs a system call."""
+        old = self.ids.known.get((st.st_dev, st.st_ino))
+        if (old is not None and old.ctime_ns == st.st_ctime_ns and old.ctime_ns < self.trusted_before_ns
+                and old.kind == stat.S_IFMT(st.st_mode)):
+            return old
+        return None
+
+    @staticmethod
+    def _kept_xattrs(known: Entry | None, file_id: int):
+        """(name, digest, None) of the parent's xattrs, when ``known`` kept its id; None otherwise."""
+        if known is None or known.file_id != file_id:
+            return None
+        return [(n, d, None) for n, d in known.xattrs]
 
     def _xattrs(self, target, path: bytes) -> list[tuple[bytes, bytes, bytes]]:
         """(name, digest, value) of every xattr, sorted by name; ``target`` an fd or a path."""

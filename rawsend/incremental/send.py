@@ -27,7 +27,7 @@ from typing import Callable, Iterator
 
 from rawsend.errors import ChangedWhileRead, Replaced, SendWarning, SourceError, Unreadable, Vanished
 from rawsend.incremental import diff as ops
-from rawsend.incremental.diff import ExtentMatcher, Plan, diff
+from rawsend.incremental.diff import GRANULARITY_NS, ExtentMatcher, Plan, diff
 from rawsend.incremental.manifest import Entry, FileIds, Scan, ScanReport, scan
 from rawsend.incremental.state import DEFAULT_KEEP, State, StreamInfo
 from rawsend.pipeline import SendStats
@@ -104,8 +104,10 @@ class TrackedSend:
             raise SourceError(e.strerror, path=os.fspath(src), hint="give a directory that exists and can be read") \
                 from None
         self.src = os.fspath(src)
+        # the parent's xattrs and birth times hold for inodes whose ctime is the parent's, outside the race guard
+        trusted = self.parent.started_ns - GRANULARITY_NS if self.parent else 0
         now = scan(src, self.ids, self.state.digester, one_file_system=one_file_system, report=self.report,
-                   exclude=exclude, skip_inodes=skip_inodes)
+                   exclude=exclude, skip_inodes=skip_inodes, trusted_before_ns=trusted)
         plan = diff(self.old, now, parent_started_ns=self.parent.started_ns if self.parent else 0)
         self.plan, self.scanned = _renumber(plan, now, self.first_id)
         self.now = now
@@ -149,6 +151,7 @@ class TrackedSend:
     def _items(self, progress) -> Iterator:
         plan, parent = self.plan, self.parent
         self._recorded: set[int] = set()   # entries recorded with the extents read
+        self._touched: set[int] = set()    # base files whose data records were sent: their mtime is reset
         created: set[int] = set()          # new inodes: their data and xattrs follow their create
         if parent is not None:
             yield rec.Base(parent.stream_id, parent.end_digest, self.first_id)
@@ -166,6 +169,7 @@ class TrackedSend:
             elif t is ops.Rename:
                 yield rec.Rename(op.file_id, op.parent_id, op.name, op.to_parent_id, op.to_name)
             elif t is ops.Truncate:
+                self._touched.add(op.file_id)
                 yield rec.Truncate(op.file_id, op.size)
             elif t is ops.DataChanged:
                 if op.file_id in created:
@@ -185,6 +189,9 @@ class TrackedSend:
             elif t is ops.Utimes:
                 if parent is None:
                     continue  # a full stream's creates carry the times, applied after the contents
+                old = self.old.get(op.file_id)
+                if old is not None and old.mtime_ns == op.mtime_ns and op.file_id not in self._touched:
+                    continue  # re-read (the race guard, a rename's ctime) and found unchanged: nothing to restore
                 yield rec.Utimes(op.file_id, op.atime_ns, op.mtime_ns)
         for fid, entry in plan.entries.items():
             if fid not in self._recorded:
@@ -229,6 +236,7 @@ class TrackedSend:
                 while si < len(stale) and stale[si][0] < start:
                     yield from pending
                     pending = []
+                    self._touched.add(fid)
                     yield rec.PunchHole(fid, stale[si][0], stale[si][1] - stale[si][0])
                     self.stats.holes_punched += 1
                     si += 1
@@ -252,6 +260,7 @@ class TrackedSend:
                         else:
                             yield from pending
                             pending = []
+                            self._touched.add(fid)
                             yield DataChunk(fid, pos, data)
                             self.stats.extents_sent += 1
                     if len(data) < n:
@@ -265,6 +274,7 @@ class TrackedSend:
                 for s, e in stale[si:]:
                     yield from pending
                     pending = []
+                    self._touched.add(fid)
                     yield rec.PunchHole(fid, s, e - s)
                     self.stats.holes_punched += 1
                 after = os.fstat(fd)

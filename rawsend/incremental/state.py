@@ -93,6 +93,7 @@ class State:
         self.next_file_id = next_file_id
         self.next_seq = next_seq
         self._recording: Recording | None = None
+        self._loaded: tuple | None = None  # (seq, entries, rowids by file id) of the last manifest read
 
     # -- opening ------------------------------------------------------------------------
 
@@ -227,13 +228,15 @@ class State:
             rows = self._db.execute(
                 f"SELECT rowid, {_COLUMNS} FROM inodes WHERE first_seq <= ? AND"
                 " (last_seq IS NULL OR last_seq >= ?) ORDER BY file_id", (stream.seq, stream.seq)).fetchall()
-        entries = {}
+        entries, rowids = {}, {}
         for row in rows:
             entry = _decode(row[1:], self.path)
             if entry.file_id in entries:
                 raise StateDamaged(f"file id {entry.file_id} has two rows in stream {stream.id_hex}", path=self.path)
             entries[entry.file_id] = entry
+            rowids[entry.file_id] = row[0]
         _check_tree(entries, self.path, stream.id_hex)
+        self._loaded = (stream.seq, entries, rowids)  # a send against the newest stream reads it once
         return entries
 
     def file_ids(self, parent: dict[int, Entry]) -> FileIds:
@@ -266,9 +269,14 @@ class Recording:
             db.execute("BEGIN IMMEDIATE")
             # the newest manifest's open rows: an unchanged inode keeps its row, extended
             self._open: dict[int, tuple[int, Entry]] = {}
-            for row in db.execute(f"SELECT rowid, {_COLUMNS} FROM inodes WHERE last_seq IS NULL"):
-                entry = _decode(row[1:], state.path)
-                self._open[entry.file_id] = (row[0], entry)
+            newest = db.execute("SELECT max(seq) FROM streams").fetchone()[0]
+            loaded = state._loaded
+            if loaded is not None and loaded[0] == newest:  # the rows open now are that manifest's (STATE is locked)
+                self._open = {fid: (loaded[2][fid], e) for fid, e in loaded[1].items()}
+            else:
+                for row in db.execute(f"SELECT rowid, {_COLUMNS} FROM inodes WHERE last_seq IS NULL"):
+                    entry = _decode(row[1:], state.path)
+                    self._open[entry.file_id] = (row[0], entry)
         self._seen: set[int] = set()
         self.added_rows = 0
 
