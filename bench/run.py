@@ -24,6 +24,7 @@ import ctypes
 import json
 import os
 import platform
+import random
 import shutil
 import statistics
 import subprocess
@@ -294,6 +295,108 @@ def tree_cases(rawsend: str, src: Path, m: dict, small: Path, ms: dict, huge: Pa
     return cases
 
 
+# -- incremental sends: send --state on the corpus with about 1 % of it changed -------------------
+
+INC_DIR_FILES = 1000   # files of the directory that is renamed
+INC_DELETED = 200
+INC_ATTRS = 100        # files chmod'ed, and files given an xattr
+
+
+@dataclass
+class Incremental:
+    """A copy of the corpus (plus a directory of INC_DIR_FILES files), its STATE after a full send,
+    then about 1 % of it changed.  The cases send it again: full (plain and tracked) and incremental."""
+
+    root: Path
+    skip: str | None = None
+    files: int = 0
+    changed: list[str] = field(default_factory=list)
+    base_state_bytes: int = 0
+
+    @property
+    def tree(self) -> Path:
+        return self.root / "src"
+
+    def setup(self, rawsend: str, src: Path) -> None:
+        _rm(self.root)
+        self.tree.mkdir(parents=True)
+        subprocess.run(["cp", "-a", f"{src}/.", str(self.tree)], check=True)
+        inbox = self.tree / "inbox"
+        inbox.mkdir()
+        for i in range(INC_DIR_FILES):
+            (inbox / f"msg-{i:04d}.eml").write_bytes(b"Subject: %d\n\n" % i + b"body line\n" * (i % 50))
+        self.files = corpus.measure(self.tree)["files"]
+        time.sleep(2.1)  # past the race guard: what was just copied is not re-read as racy next time
+        state = self.root / "STATE.base"
+        subprocess.run([rawsend, "send", "--state", str(state), "-o", str(self.root / "first.rs"), str(self.tree)],
+                       check=True, stderr=subprocess.DEVNULL)
+        self.base_state_bytes = state.stat().st_size
+        self._change(random.Random(12))
+
+    def _change(self, rng: random.Random) -> None:
+        t = self.tree
+        blobs = sorted((p for p in (t / "random").iterdir()), key=lambda p: -p.stat().st_size)[:4]
+        for p in blobs:  # 4 KiB overwrites inside the largest files
+            size = p.stat().st_size
+            fd = os.open(p, os.O_WRONLY)
+            for _ in range(4):
+                os.pwrite(fd, rng.randbytes(4096), rng.randrange(0, max(1, size - 4096)))
+            os.close(fd)
+        logs = sorted((t / "logs").iterdir())[:3]
+        total = sum(p.stat().st_size for p in (t / "logs").iterdir())
+        for p in logs:  # appended logs: together 1 % of all logs
+            with open(p, "ab") as f:
+                f.write(b"".join(b"10.0.0.%d - - [03/Dec/2026] \"GET /x/%d HTTP/1.1\" 200 512\n"
+                                 % (i % 250, i) for i in range(total // 100 // len(logs) // 52)))
+        os.rename(t / "inbox", t / "inbox-2026")
+        small = sorted(p for d in sorted((t / "small").iterdir()) for p in d.iterdir())
+        picked = rng.sample(small, INC_DELETED + 2 * INC_ATTRS)
+        for p in picked[:INC_DELETED]:
+            p.unlink()
+        for p in picked[INC_DELETED:INC_DELETED + INC_ATTRS]:
+            p.chmod(0o600)
+        for p in picked[INC_DELETED + INC_ATTRS:]:
+            os.setxattr(p, "user.tag", b"reviewed")
+        self.changed = [f"{len(blobs) * 4} 4 KiB overwrites in {len(blobs)} files", f"{len(logs)} logs appended",
+                        f"a directory of {INC_DIR_FILES} files renamed", f"{INC_DELETED} files deleted",
+                        f"{INC_ATTRS} chmods", f"{INC_ATTRS} xattrs"]
+
+    def reset_state(self) -> None:
+        shutil.copy2(self.root / "STATE.base", self.root / "STATE")  # keeps its mode 0600
+
+    def drop_state(self) -> None:
+        for name in ("STATE.full",):
+            if (self.root / name).exists():
+                (self.root / name).unlink()
+
+    def figures(self) -> dict:
+        """Stream sizes and STATE's growth, from the files the cases left."""
+        full = (self.root / "full.rs").stat().st_size
+        inc = (self.root / "inc.rs").stat().st_size
+        after = (self.root / "STATE").stat().st_size
+        return dict(files=self.files, changes=self.changed, full_stream_bytes=full, incremental_stream_bytes=inc,
+                    size_ratio=inc / full, state_first_stream_bytes_per_file=self.base_state_bytes / self.files,
+                    state_growth_bytes_per_file=(after - self.base_state_bytes) / self.files)
+
+
+def incremental_cases(rawsend: str, inc: Incremental, m: dict) -> list[Case]:
+    t, r = str(inc.tree), inc.root
+    L, F = m["logical_bytes"], m["files"]
+    return [
+        Case("rs-inc-plain", "incremental", "rawsend send > FILE (the changed tree, full)",
+             [[rawsend, "send", t]], L, F, stdout=str(r / "full.rs"), rawsend=True, skip=inc.skip),
+        Case("rs-inc-full", "incremental", "rawsend send --state NEW > FILE (full, tracked)",
+             [[rawsend, "send", "--state", str(r / "STATE.full"), t]], L, F, stdout=str(r / "full-tracked.rs"),
+             before=inc.drop_state, peer="rs-inc-plain", rawsend=True, skip=inc.skip),
+        Case("rs-inc", "incremental", "rawsend send --state STATE > FILE (about 1 % changed)",
+             [[rawsend, "send", "--state", str(r / "STATE"), t]], L, F, stdout=str(r / "inc.rs"),
+             before=inc.reset_state, peer="rs-inc-plain", rawsend=True, skip=inc.skip),
+    ]
+
+
+INCREMENTAL: dict = {}  # Incremental.figures(), once the cases ran
+
+
 DEEP_LEVELS = 500
 
 
@@ -553,6 +656,17 @@ def targets(by_name: dict[str, Case], peak_rss: float | None) -> list[dict]:
     add("small files send|receive >= 1.0 x tar -c | tar -x (files/s)", v, 1.0, why)
     add("peak RSS of every rawsend process <= 256 MiB", peak_rss, 256, None if peak_rss else "not run",
         unit="MiB", higher_is_better=False)
+    inc = INCREMENTAL or {}
+    why = None if inc else "not run"
+    add("incremental stream <= 3 % of the full stream (about 1 % changed)",
+        inc.get("size_ratio") and 100 * inc["size_ratio"], 3, why, unit="%", higher_is_better=False)
+    v, why = speed("rs-inc", "rs-inc-plain")
+    add("incremental send wall <= 15 % of the full send's (send --state vs send)",
+        None if v is None else 100 / v, 15, why, unit="%", higher_is_better=False)
+    add("STATE bytes per file per kept stream <= 200 (the first stream's; each later one adds"
+        f" {inc['state_growth_bytes_per_file']:.1f})" if inc else "STATE bytes per file per kept stream <= 200",
+        inc.get("state_first_stream_bytes_per_file"), 200, None if inc else "not run", unit="B",
+        higher_is_better=False)
     return out
 
 
@@ -653,12 +767,21 @@ def main(argv=None) -> int:
         names = wanted | {c.peer for c in all_cases if c.name in wanted and c.peer}
         return [c for c in all_cases if c.name in names]
 
+    inc = Incremental(tmp / "incremental")
+    inc_cases = selected(incremental_cases(rawsend, inc, m))
+    if inc_cases:
+        print("setting up the incremental cases (a copy of the corpus, a full send, 1 % changed) ...",
+              file=sys.stderr, flush=True)
+        inc.setup(rawsend, src)
+        inc_m = corpus.measure(inc.tree)
+        inc_cases = selected(incremental_cases(rawsend, inc, inc_m))
+
     started = time.monotonic()
     dest = Destination(tmp, max(1 << 30, int(3 * args.scale * (1 << 30)) + (512 << 20)))
     info["destination"] = dest.kind
     try:
         cases = selected(tree_cases(rawsend, src, m, small, ms, huge, mh, stream, dest, enc_skip, key,
-                                    store_skip, relay_store, many, deep))
+                                    store_skip, relay_store, many, deep)) + inc_cases
         with BtrfsPair(args.scale, src, bt_skip) as pair:
             if pair.skip is None:
                 native = (REPO / "rawsend" / "sources" / "btrfs.py").exists()
@@ -674,7 +797,16 @@ def main(argv=None) -> int:
     finally:
         dest.close()
     info["bench_seconds"] = round(time.monotonic() - started, 1)
+    if inc_cases and all(c.samples for c in inc_cases):
+        INCREMENTAL.update(inc.figures())
     out = report(cases, info, args)
+    if INCREMENTAL:
+        i = INCREMENTAL
+        print(f"incremental: {i['files']} files; {', '.join(i['changes'])}: stream {i['incremental_stream_bytes']:,}"
+              f" bytes vs full {i['full_stream_bytes']:,} ({100 * i['size_ratio']:.2f} %); STATE"
+              f" {i['state_first_stream_bytes_per_file']:.0f} B/file for the first stream,"
+              f" +{i['state_growth_bytes_per_file']:.1f} B/file for the incremental")
+        out["incremental"] = INCREMENTAL
     out["corpus"] = dict(main=m, small=ms, huge=mh, stream_bytes=stream.stat().st_size)
     args.json.write_text(json.dumps(out, indent=1) + "\n")
     print(f"\nwritten to {args.json}")
