@@ -11,12 +11,14 @@ import importlib.util
 import io
 import os
 import sys
+from pathlib import Path
 
 import pytest
 
 from rawsend import errors
 from rawsend.errors import RawsendError
 from rawsend.pipeline import NullSink, receive
+from rawsend.stream.records import HEADER_BODY, RECORD_HEADER, Feature
 from tests.conftest import VECTORS, run_rawsend
 
 spec = importlib.util.spec_from_file_location("vector_generator", VECTORS / "generate.py")
@@ -188,18 +190,30 @@ def test_good_vectors_read_back_as_the_items_they_were_made_from(name):
 
 # -- every vector through the CLI: receive into a tree and into a store ---------------------------
 
+def _incremental(path: str) -> bool:
+    data = Path(path).read_bytes()
+    if len(data) < 12 + RECORD_HEADER.size + HEADER_BODY.size or data[:8] != b"rawsend\n":
+        return False
+    required = HEADER_BODY.unpack_from(data, 12 + RECORD_HEADER.size)[2]
+    return bool(required & Feature.INCREMENTAL)
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_receive_and_store_give_the_verdict_through_the_cli(name, tmp_path):
     expect = _expect(name)
     path = str(VECTORS / f"{name}.rs")
     tree = run_rawsend("receive", "--no-sync", "-f", path, str(tmp_path / "dest"))
     store = run_rawsend("receive", "--store", "-f", path, str(tmp_path / "store"))
+    checked = (tree, store)
+    if _incremental(path):  # a new DEST holds no base: refused at the header, before any record
+        assert tree.returncode == 3 and b"the stream is incremental" in tree.stderr, tree.stderr
+        checked = (store,)
     if expect["expect"] == "success":
-        assert tree.returncode == 0, tree.stderr
-        assert store.returncode == 0, store.stderr
+        for proc in checked:
+            assert proc.returncode == 0, proc.stderr
         return
     # a store keeps payloads as they came, undecoded: a decode fault is for the tree receive
-    for proc in (tree,) if expect["expect"] == "DecodeError" else (tree, store):
+    for proc in checked if expect["expect"] != "DecodeError" else (tree,):
         stderr = proc.stderr.decode()
         assert proc.returncode == 1, stderr
         assert stderr.startswith(_message_start(expect["expect"])), stderr

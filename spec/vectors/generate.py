@@ -37,8 +37,9 @@ from rawsend.errors import RawsendError
 from rawsend.pipeline import send
 from rawsend.sources.tree import DataChunk, EncodedChunk
 from rawsend.stream.records import (
-    CRC_COVERED, FLAG_SKIPPABLE, HEADER_BODY, PREAMBLE, RECORD_HEADER, Compression, Create, End, Extent,
-    Link, RecordType, SetXattr,
+    CRC_COVERED, FLAG_SKIPPABLE, HEADER_BODY, PREAMBLE, RECORD_HEADER, Base, Chmod, Chown, Compression, Create,
+    End, Extent, Feature, Link, PunchHole, RecordType, RemoveXattr, Rename, Rmdir, SetXattr, Truncate, Unlink,
+    UpdateFile, Utimes,
 )
 
 HERE = Path(__file__).resolve().parent
@@ -345,6 +346,130 @@ def damaged(plain: bytes, packed: bytes) -> dict[str, tuple[bytes, Verdict]]:
     return out
 
 
+# -- incremental streams ------------------------------------------------------------------------------
+
+# The base every incremental vector names: good_plain (ids 1..9; its next id is 10).
+BASE_ID = STREAM_ID
+INCREMENTAL_ID = bytes.fromhex("ffeeddccbbaa99887766554433221100")
+
+
+def incremental_items(base_digest: bytes) -> list:
+    """Changes to good_plain's tree: one record of each incremental type, in the writer's order."""
+    d, f = stat.S_IFDIR, stat.S_IFREG
+    return [
+        Base(BASE_ID, base_digest, 10),
+        Unlink(8, 1, b"dangling"),                         # a symlink goes
+        Unlink(3, 1, b"fox-link.txt"),                     # one name of a hard-linked file goes
+        Rename(4, 1, "h\u00e9llo w\u00f6rld.txt".encode(), 2, b"hello.txt"),  # moved into docs
+        Create(RecordType.MKDIR, 10, 1, b"new", d | 0o755, 0, 0, T1, T1),
+        Create(RecordType.MKFILE, 11, 10, b"n.txt", f | 0o644, 0, 0, T1, T1, 4),
+        DataChunk(11, 0, b"new\n"),
+        Link(6, 10, b"empty-too"),
+        Rmdir(9, 1, b"read-only"),
+        Truncate(5, 2 << 20),                              # sparse.img grows to 2 MiB
+        UpdateFile(5, 2 << 20),
+        PunchHole(5, 512 * 1024, 4096),                    # its data block becomes a hole
+        DataChunk(5, 1 << 20, b"tail"),                    # and it gets data further on
+        Chown(4, 1000, 1000),
+        Chmod(4, 0o640),
+        RemoveXattr(3, b"user.b"),
+        SetXattr(2, b"user.purpose", b"docs, changed"),
+        Utimes(2, T2, T2),
+    ]
+
+
+def build_incremental(base_digest: bytes, items_: list | None = None) -> bytes:
+    out = bytearray()
+    send(items_ if items_ is not None else incremental_items(base_digest), out.extend,
+         compression=Compression.NONE, threads=1, stream_id=INCREMENTAL_ID, created_ns=CREATED_NS,
+         required=Feature.INCREMENTAL)
+    return bytes(out)
+
+
+def incremental_vectors(plain: bytes) -> dict[str, tuple[bytes, Verdict]]:
+    """good_incremental and one damaged vector per rule of "What a reader checks without the base"."""
+    digest = End.unpack(plain[-80:]).digest
+    good = build_incremental(digest)
+    out = {"good_incremental": (good, Verdict("Incremental streams: every rule kept"))}
+    inc = "Incremental streams: "
+    # landmarks of good_incremental: HEADER at 12, BASE at 117 (16 + 56), then the unlinks
+    base_at, first_unlink = 117, 189
+
+    def add(name, data, rule, expect, record, offset, reason):
+        out[name] = (data, Verdict(inc + rule, expect, record, offset, reason))
+
+    spans = record_spans(good)
+    at = [s for s, _ in spans]
+    assert at[1] == base_at and at[2] == first_unlink
+    kinds = record_types(good)
+    i_mkfile = kinds.index(RecordType.MKFILE)
+    i_rmdir = kinds.index(RecordType.RMDIR)
+    i_update = kinds.index(RecordType.UPDATE_FILE)
+    i_punch = kinds.index(RecordType.PUNCH_HOLE)
+    i_chmod = kinds.index(RecordType.CHMOD)
+    i_truncate = kinds.index(RecordType.TRUNCATE)
+    i_mkdir = kinds.index(RecordType.MKDIR)
+
+    # rule 1: BASE is record 1 exactly when the stream is incremental
+    no_bit = bytearray(good)
+    h = list(HEADER_BODY.unpack_from(no_bit, 12 + RECORD_HEADER.size))
+    h[2] = 0  # required_features: incremental cleared
+    HEADER_BODY.pack_into(no_bit, 12 + RECORD_HEADER.size, *h)
+    fix_crc(no_bit, 12)
+    add("incremental_without_feature", refinish(bytes(no_bit)), "an incremental record needs the feature",
+        "MalformedRecord", 1, base_at, "does not set the required feature incremental")
+    add("incremental_without_base", reframe(good, 1, rtype=RecordType.UNLINK, body=Unlink(7, 2, b"up").pack()),
+        "record 1 is BASE", "RecordOrderError", 1, base_at, "record 1 must be its base record")
+    second = frame(RecordType.BASE, 0, Base(BASE_ID, digest, 10).pack())
+    add("second_base", insert(good, 2, second), "BASE appears nowhere else", "RecordOrderError", 2,
+        first_unlink, "record 1 must be its base record, and only record 1")
+    add("base_first_id_one", reframe(good, 1, body=Base(BASE_ID, digest, 1).pack()),
+        "BASE first_id is 2 or more", "MalformedRecord", 1, base_at, "base first_id 1 not in 2..")
+    add("base_body_shorter", reframe(good, 1, body=Base(BASE_ID, digest, 10).pack()[:-1]),
+        "a body shorter than its type defines", "MalformedRecord", 1, base_at,
+        "base body is 55 bytes, expected 56")
+    add("base_marked_skippable", reframe(good, 1, flags=FLAG_SKIPPABLE),
+        "incremental records are never skippable", "MalformedRecord", 1, base_at, "base record marked skippable")
+    # rule 2: creates carry first_id, first_id + 1, ...
+    wrong_id = Create(RecordType.MKDIR, 12, 1, b"new", stat.S_IFDIR | 0o755, 0, 0, T1, T1)
+    add("incremental_create_wrong_id", reframe(good, i_mkdir, body=wrong_id.pack()),
+        "creates carry first_id, first_id + 1, ...", "RecordOrderError", i_mkdir, at[i_mkdir],
+        "file id 12, expected the next id 10")
+    # rule 3: an id at or above first_id must have been created; types fit the record
+    add("chmod_of_id_never_created", reframe(good, i_chmod, body=Chmod(40, 0o640).pack()),
+        "an id of this stream was created before", "RecordOrderError", i_chmod, at[i_chmod],
+        "chmod of file id 40, which neither the base nor this stream created before")
+    add("rmdir_of_a_new_file", reframe(good, i_rmdir, body=Rmdir(11, 10, b"n.txt").pack()),
+        "RMDIR removes a directory", "RecordOrderError", i_rmdir, at[i_rmdir], "rmdir of file id 11, a non-directory")
+    # rule 4: the root is never renamed, unlinked, removed, truncated or updated
+    add("rename_of_the_root", reframe(good, 4, body=Rename(1, 1, b"x", 2, b"y").pack()),
+        "no rename of the root", "MalformedRecord", 4, at[4], "rename of file id 1, the root")
+    # rule 5: EXTENT and PUNCH_HOLE go to the current file, in order
+    swapped = [r for r in incremental_items(digest) if not isinstance(r, UpdateFile)]
+    add("punch_hole_without_update_file", build_incremental(digest, swapped),
+        "data records change the current file", "RecordOrderError", i_update, at[i_update],
+        "punch_hole for file id 5, but the file being written is")
+    overlap = PunchHole(5, 0, 1 << 20)
+    items_ = incremental_items(digest)
+    items_.insert(items_.index(next(r for r in items_ if isinstance(r, PunchHole))) + 1, overlap)
+    add("punch_hole_overlaps", build_incremental(digest, items_), "in increasing, non-overlapping order",
+        "RecordOrderError", i_punch + 1, at[i_punch + 1], "punch_hole at offset 0 overlaps or precedes")
+    add("chmod_beyond_permission_bits", reframe(good, i_chmod, body=Chmod(4, 0o10640).pack()),
+        "CHMOD carries permission bits only", "MalformedRecord", i_chmod, at[i_chmod],
+        "bits beyond the permission bits")
+    add("truncate_body_longer", reframe(good, i_truncate, extra=bytes(1)),
+        "a body longer than its type defines", "MalformedRecord", i_truncate, at[i_truncate],
+        "truncate body is 17 bytes, expected 16")
+    # rule 7: a name twice in a directory this stream made
+    twice = [*incremental_items(digest)]
+    twice.insert(twice.index(next(r for r in twice if isinstance(r, Link))) + 1, Link(6, 10, b"n.txt"))
+    i_link2 = kinds.index(RecordType.LINK) + 1
+    add("incremental_name_twice", build_incremental(digest, twice), "rule 5 for the names a stream adds",
+        "MalformedRecord", i_link2, at[i_link2], "the same name twice in one directory")
+    _ = i_mkfile
+    return out
+
+
 # -- expectations ---------------------------------------------------------------------------------
 
 def describe(stream: bytes) -> tuple[RawsendError | None, str]:
@@ -387,6 +512,7 @@ def vectors() -> dict[str, tuple[bytes, Verdict]]:
     out = {"good_plain": (plain, GOOD), "good_zstd": (packed, GOOD),
            "good_lz4": (build(Compression.LZ4), GOOD), "good_zlib": (build(Compression.ZLIB), GOOD)}
     out.update(damaged(plain, packed))
+    out.update(incremental_vectors(plain))
     return out
 
 
