@@ -761,6 +761,40 @@ def ls(store, as_json):
         sys.exit(damaged[0].exit_code)
 
 
+@main.command("rm")
+@with_verbosity
+@click.argument("store", type=click.Path(exists=True, file_okay=False))
+@click.argument("ids", nargs=-1, required=True)
+@click.option("-n", "--dry-run", is_flag=True, help="Print what would be removed; remove nothing.")
+def rm(store, ids, dry_run):
+    """Remove the streams IDS (unique id prefixes, as ls shows) from STORE.
+
+    Each stream goes atomically: it is listed, or it is gone with its file.
+    Refused while another process is receiving into STORE.
+    """
+    from rawsend.errors import StoreError
+    from rawsend.store import Store
+
+    with Store.open(store) as st, st.locked_unless_busy():
+        chosen = []
+        for prefix in ids:
+            entry = st.find(prefix)
+            if entry not in chosen:
+                chosen.append(entry)
+        gone = {e.stream_id for e in chosen}
+        kept = [e for e in st.entries() if e.stream_id not in gone]
+        for entry in chosen:
+            if needers := st.needed_by_kept(entry.stream_id, kept):
+                raise StoreError(f"stream {entry.stream_id} is needed by stream {needers[0]}, which is kept",
+                                 hint="remove that stream too, or keep this one")
+        for entry in chosen:
+            if dry_run:
+                _result(f"would remove {entry.stream_id}  {_human(entry.stored_bytes)} stored")
+            else:
+                st.remove(entry.stream_id)
+                _result(f"removed {entry.stream_id}  {_human(entry.stored_bytes)} stored")
+
+
 # -- list ---------------------------------------------------------------------------------------
 
 @main.command("list")

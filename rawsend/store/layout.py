@@ -344,6 +344,62 @@ class Store:
                 raise
         return True
 
+    def needed_by_kept(self, stream_id: str, kept: list[IndexEntry]) -> list[str]:
+        """Ids of kept streams that need ``stream_id`` to be received.  No stream needs
+        another yet; a stream that names a base will be checked here, before removal."""
+        return []
+
+    def receiving_pids(self) -> list[int]:
+        """Live processes other than this one with a temporary file in tmp/: receives under way."""
+        pids = set()
+        for name in os.listdir(self.tmp_fd):
+            pid = name.split("-", 1)[0]
+            if pid.isascii() and pid.isdigit() and int(pid) != os.getpid() and not left_by_dead_process(name):
+                pids.add(int(pid))
+        return sorted(pids)
+
+    @contextmanager
+    def locked_unless_busy(self) -> Iterator[None]:
+        """The lock, refused (not waited for) while another process commits or receives."""
+        path = self.root / LOCK_NAME
+        try:
+            fd, _ = open_file(self.root_fd, LOCK_NAME, path, "the lock file", os.O_RDWR | os.O_CREAT, FILE_MODE)
+        except OSError as e:
+            raise os_error(e, "cannot open the lock file", path) from None
+        try:
+            busy = ""
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                busy = "another process holds its lock"
+            if not busy and (pids := self.receiving_pids()):
+                busy = f"process {pids[0]} is receiving into it"
+            if busy:
+                raise StoreError(f"the store is busy: {busy}", path=str(self.root),
+                                 hint="wait until that receive ended and run the command again; nothing was removed")
+            yield
+        finally:
+            os.close(fd)
+
+    def remove(self, stream_id: str) -> None:
+        """Take one stream out of the store; call holding ``locked_unless_busy``.
+
+        The index entry is renamed into tmp/ first, which delists the stream in one step;
+        then the stream file and that temporary go.  Cut off between the steps, what is
+        left is an unlisted stream file and a dead process's temporary, both removed by
+        the next writer.
+        """
+        entry_name = stream_id + INDEX_SUFFIX
+        aside = f"{os.getpid()}-{secrets.token_hex(8)}.removed"
+        try:
+            os.rename(entry_name, aside, src_dir_fd=self.index_fd, dst_dir_fd=self.tmp_fd)
+            os.fsync(self.index_fd)
+            _unlink(self.streams_fd, stream_id + STREAM_SUFFIX)
+            os.fsync(self.streams_fd)
+            _unlink(self.tmp_fd, aside)
+        except OSError as e:
+            raise os_error(e, f"cannot remove stream {stream_id}", self.entry_path(stream_id)) from None
+
     def remove_if_unused(self) -> bool:
         """Take away the store this process just made, when nothing is in it (a first receive
         that failed): no stream, no index entry, no temporary of another receive.  Whatever
