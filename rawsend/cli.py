@@ -398,7 +398,7 @@ def _send_tracked(source, state_path, parent_id, keep, output, compression, leve
 
     exclude = functools.partial(matches, tuple(patterns)) if patterns else None
     started = time.monotonic()
-    with TrackedSend.open(state_path, source, parent=parent_id, warn=_warn) as ts:
+    with TrackedSend.open(state_path, source, parent=parent_id, warn=_warn, dry_run=dry_run) as ts:
         if dry_run:
             plan = ts.scan(source, one_file_system=one_fs, exclude=exclude)
             for line in plan.lines() if _verbosity >= 1 else ():

@@ -218,7 +218,8 @@ def test_chain_of_incremental_streams_sends_only_the_changes(tree, tmp_path):
     assert [r["name"] for r in by_id(b"attrs", "remove_xattr")] == ["user.gone"]
     assert sorted(r["name"] for r in by_id(b"attrs", "set_xattr")) == ["user.added", "user.kept"]
     assert [r["mtime"] for r in by_id(b"sym", "utimes")] == ["1970-01-01T00:00:02.000000000Z"]
-    # the swap: a through a free temporary name, no data
+    # the swap: a through a free temporary name, no data; the root, which held it, gets its times back
+    assert [r["id"] for r in of_type(recs, "utimes")].count(1) == 1
     swap = [(r["id"], r["path"], r["dest"]) for r in of_type(recs, "rename") if r["id"] in (before[b"a"], before[b"b"])]
     assert len(swap) == 3 and swap[0][2].startswith(".rawsend-tmp-") and swap[2][1] == swap[0][2]
     assert ids[b"a"] == before[b"b"] and ids[b"b"] == before[b"a"]
@@ -391,6 +392,9 @@ def test_exclude_and_stream_inside_the_tree(tree, tmp_path):
 
 def test_dry_run_writes_and_records_nothing(tree, tmp_path):
     state = tmp_path / "STATE"
+    proc = run_rawsend("send", "--state", str(state), "-n", str(tree))
+    assert proc.returncode == 0 and b"would send full stream" in proc.stderr, proc.stderr
+    assert not state.exists()
     send(tree, state, tmp_path / "s1")
     write(tree / "new", b"x")
     proc = run_rawsend("send", "--state", str(state), "-n", "-v", str(tree))
@@ -430,3 +434,40 @@ def manifest_of_first(state: Path, src: Path) -> dict:
         entries = st.manifest(st.streams()[0])
     paths = walk_paths(entries)
     return {paths[fid]: e for fid, e in entries.items()}
+
+
+def test_swap_in_a_subdirectory_resets_the_roots_times(tmp_path):
+    """Breaking the cycle parks a name in the root, which the receiver then changed: the stream
+    restores the root's times even though they did not change here."""
+    src, state = tmp_path / "src", tmp_path / "STATE"
+    write(src / "x" / "a", b"a")
+    write(src / "x" / "b", b"b")
+    send(src, state, tmp_path / "s1")
+    root_mtime = os.stat(src).st_mtime_ns
+    os.rename(src / "x" / "a", src / "x" / "t")
+    os.rename(src / "x" / "b", src / "x" / "a")
+    os.rename(src / "x" / "t", src / "x" / "b")
+    assert os.stat(src).st_mtime_ns == root_mtime
+    send(src, state, tmp_path / "s2")
+    recs = dump(tmp_path / "s2")
+    renames = [(r["path"], r["dest"]) for r in of_type(recs, "rename")]
+    assert len(renames) == 3 and renames[0][1].startswith(".rawsend-tmp-")
+    root_times = [r for r in of_type(recs, "utimes") if r["id"] == 1]
+    assert len(root_times) == 1 and recs.index(root_times[0]) > recs.index(of_type(recs, "rename")[-1])
+
+
+def test_hard_linked_symlinks_are_separate_entries(tmp_path):
+    src, state = tmp_path / "src", tmp_path / "STATE"
+    src.mkdir()
+    (src / "l").symlink_to("target")
+    os.link(src / "l", src / "l2", follow_symlinks=False)
+    send(src, state, tmp_path / "s1")
+    recs = dump(tmp_path / "s1")
+    assert sorted(r["path"] for r in of_type(recs, "symlink")) == ["l", "l2"] and not of_type(recs, "link")
+    check_ids(recs, 1)
+    send(src, state, tmp_path / "s2")
+    recs = dump(tmp_path / "s2")
+    check_ids(recs, recs[1]["first_id"])
+    assert run_rawsend("verify", str(tmp_path / "s2")).returncode == 0
+    paths = check_manifest(state, src)
+    assert paths[b"l"].file_id != paths[b"l2"].file_id

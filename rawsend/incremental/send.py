@@ -22,6 +22,7 @@ import bisect
 import errno
 import os
 import stat
+import tempfile
 from dataclasses import dataclass, field, replace
 from typing import Callable, Iterator
 
@@ -78,18 +79,34 @@ class TrackedSend:
         self.sent: SendStats | None = None
         self._root_fd: int | None = None
         self._dirs = _DirCache()
+        self._scratch = None  # a dry run's throwaway STATE
 
     @classmethod
-    def open(cls, state_path, src, *, parent: str | None = None,
-             warn: Callable[[str], None] | None = None) -> "TrackedSend":
-        """Open and lock STATE, pick the parent (the newest stream, or ``parent``, an id prefix)."""
-        state = State.open(state_path, src, warn=warn)
+    def open(cls, state_path, src, *, parent: str | None = None, warn: Callable[[str], None] | None = None,
+             dry_run: bool = False) -> "TrackedSend":
+        """Open and lock STATE, pick the parent (the newest stream, or ``parent``, an id prefix).
+
+        ``dry_run`` with no STATE yet: a throwaway one, so that nothing is created."""
+        scratch = None
+        if dry_run and not os.path.lexists(state_path):
+            scratch = tempfile.TemporaryDirectory(prefix="rawsend-dry-run-")
+            state_path = os.path.join(scratch.name, "STATE")
+        try:
+            state = State.open(state_path, src, warn=warn)
+        except BaseException:
+            if scratch is not None:
+                scratch.cleanup()
+            raise
         try:
             info = state.pick_parent(parent)
             old = state.manifest(info) if info is not None else {}
-            return cls(state, info, old)
+            send = cls(state, info, old)
+            send._scratch = scratch
+            return send
         except BaseException:
             state.close()
+            if scratch is not None:
+                scratch.cleanup()
             raise
 
     @property
@@ -104,6 +121,9 @@ class TrackedSend:
             raise SourceError(e.strerror, path=os.fspath(src), hint="give a directory that exists and can be read") \
                 from None
         self.src = os.fspath(src)
+        skip_inodes = dict(skip_inodes or {})
+        st = os.fstat(self.state._fd)  # STATE inside SRC changes as it is written: never sent
+        skip_inodes[(st.st_dev, st.st_ino)] = self.state.path
         # the parent's xattrs and birth times hold for inodes whose ctime is the parent's, outside the race guard
         trusted = self.parent.started_ns - GRANULARITY_NS if self.parent else 0
         now = scan(src, self.ids, self.state.digester, one_file_system=one_file_system, report=self.report,
@@ -139,6 +159,9 @@ class TrackedSend:
             os.close(self._root_fd)
             self._root_fd = None
         self.state.close()
+        if self._scratch is not None:
+            self._scratch.cleanup()
+            self._scratch = None
 
     def __enter__(self) -> "TrackedSend":
         return self
@@ -153,20 +176,27 @@ class TrackedSend:
         self._recorded: set[int] = set()   # entries recorded with the extents read
         self._touched: set[int] = set()    # base files whose data records were sent: their mtime is reset
         created: set[int] = set()          # new inodes: their data and xattrs follow their create
+        dirs: set[int] = set()             # directories whose entries change: their mtime is reset
+        timed: set[int] = set()
         if parent is not None:
             yield rec.Base(parent.stream_id, parent.end_digest, self.first_id)
         for op in plan.ops:
             t = type(op)
             if t is ops.Create:
                 created.add(op.file_id)
+                dirs.add(op.parent_id)
                 yield from self._create(op, progress)
             elif t is ops.Link:
+                dirs.add(op.parent_id)
                 yield rec.Link(op.file_id, op.parent_id, op.name)
             elif t is ops.Unlink:
+                dirs.add(op.parent_id)
                 yield rec.Unlink(op.file_id, op.parent_id, op.name)
             elif t is ops.Rmdir:
+                dirs.add(op.parent_id)
                 yield rec.Rmdir(op.file_id, op.parent_id, op.name)
             elif t is ops.Rename:
+                dirs.update((op.parent_id, op.to_parent_id))
                 yield rec.Rename(op.file_id, op.parent_id, op.name, op.to_parent_id, op.to_name)
             elif t is ops.Truncate:
                 self._touched.add(op.file_id)
@@ -190,9 +220,17 @@ class TrackedSend:
                 if parent is None:
                     continue  # a full stream's creates carry the times, applied after the contents
                 old = self.old.get(op.file_id)
-                if old is not None and old.mtime_ns == op.mtime_ns and op.file_id not in self._touched:
+                if (old is not None and old.mtime_ns == op.mtime_ns and op.file_id not in self._touched
+                        and op.file_id not in dirs):
                     continue  # re-read (the race guard, a rename's ctime) and found unchanged: nothing to restore
+                timed.add(op.file_id)
                 yield rec.Utimes(op.file_id, op.atime_ns, op.mtime_ns)
+        if parent is not None:
+            # a directory the receiver changed though its mtime here did not (the root, which held a
+            # name parked to break a rename cycle): its times as they are here
+            for fid in sorted(dirs - timed):
+                if fid in plan.entries:
+                    yield rec.Utimes(fid, self.scanned[fid].atime_ns, plan.entries[fid].mtime_ns)
         for fid, entry in plan.entries.items():
             if fid not in self._recorded:
                 self.recording.add(entry)
