@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import errno
 import functools
 import os
 
@@ -65,3 +66,24 @@ def syncfs(fd: int) -> None:
     if _libc().syncfs(fd) != 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
+
+
+def data_regions(fd: int, size: int):
+    """The data regions [start, end) of a file of ``size`` bytes, found with SEEK_DATA/SEEK_HOLE so
+    that holes are never read; one region of all of it where the filesystem has no SEEK_DATA.
+    Other seek errors are raised as OSError for the caller to name the file."""
+    pos = 0
+    while pos < size:
+        try:
+            start = os.lseek(fd, pos, os.SEEK_DATA)
+            end = min(os.lseek(fd, start, os.SEEK_HOLE), size)
+        except OSError as e:
+            if e.errno == errno.ENXIO:  # only a hole from pos to the end
+                return
+            if e.errno != errno.EINVAL:
+                raise
+            start, end = pos, size  # a filesystem without SEEK_DATA: all data
+        if start >= size:
+            return
+        yield start, end
+        pos = end

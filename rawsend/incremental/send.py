@@ -27,6 +27,7 @@ from dataclasses import dataclass, field, replace
 from typing import Callable, Iterator
 
 from rawsend.errors import ChangedWhileRead, Replaced, SendWarning, SourceError, Unreadable, Vanished
+from rawsend.fsutil import data_regions
 from rawsend.incremental import diff as ops
 from rawsend.incremental.diff import GRANULARITY_NS, ExtentMatcher, Plan, diff
 from rawsend.incremental.manifest import Entry, FileIds, Scan, ScanReport, scan
@@ -369,23 +370,11 @@ def _cut(pos: int, end: int, lens: dict, starts: list) -> int:
 
 
 def _regions(fd: int, size: int, shown: str) -> list[tuple[int, int]]:
-    """The data regions [start, end) of the file, found with SEEK_DATA/SEEK_HOLE (holes never read)."""
-    out, pos = [], 0
-    while pos < size:
-        try:
-            start = os.lseek(fd, pos, os.SEEK_DATA)
-            end = min(os.lseek(fd, start, os.SEEK_HOLE), size)
-        except OSError as e:
-            if e.errno == errno.ENXIO:  # only a hole from pos to the end
-                break
-            if e.errno != errno.EINVAL:
-                raise SourceError(f"seek failed: {e.strerror}", path=shown) from None
-            start, end = pos, size  # a filesystem without SEEK_DATA: all data
-        if start >= size:
-            break
-        out.append((start, end))
-        pos = end
-    return out
+    """The data regions [start, end) of the file (holes never read)."""
+    try:
+        return list(data_regions(fd, size))
+    except OSError as e:
+        raise SourceError(f"seek failed: {e.strerror}", path=shown) from None
 
 
 class _DirCache:

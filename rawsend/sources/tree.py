@@ -20,6 +20,7 @@ from rawsend.errors import (
     ChangedWhileRead, OtherFilesystem, Replaced, SendNotice, SendWarning, SkippedOutput, SkippedSocket, SourceError,
     Unreadable, Vanished,
 )
+from rawsend.fsutil import data_regions
 from rawsend.patterns import matches
 from rawsend.sources.items import DataChunk, EncodedChunk  # noqa: F401  (EncodedChunk: importable here too)
 from rawsend.stream.records import MAX_EXTENT_LEN, ROOT_ID, Create, Link, RecordType, SetXattr
@@ -205,20 +206,16 @@ class TreeSource:
             os.close(fd)
 
     def _data(self, fd: int, file_id: int, size: int, path: str) -> Iterator[DataChunk]:
-        pos = 0
-        while pos < size:
+        regions = data_regions(fd, size)
+        while True:
             try:
-                start = os.lseek(fd, pos, os.SEEK_DATA)
-                end = min(os.lseek(fd, start, os.SEEK_HOLE), size)
+                start, end = next(regions)
+            except StopIteration:
+                return
             except OSError as e:
-                if e.errno == errno.ENXIO:  # only a hole from pos to the end
-                    return
-                if e.errno != errno.EINVAL:
-                    raise SourceError(f"seek failed: {e.strerror}", path=path) from None
-                start, end = pos, size  # filesystem without SEEK_DATA: all data
+                raise SourceError(f"seek failed: {e.strerror}", path=path) from None
             if not (yield from self._read_range(fd, file_id, start, end, path)):
                 return
-            pos = end
 
     def _read_range(self, fd: int, file_id: int, start: int, end: int, path: str):
         """Yield [start, end) as DataChunks; return False when the file cannot be read further."""

@@ -268,14 +268,18 @@ class Store:
 
     # -- writing ---------------------------------------------------------------------------
 
-    @contextmanager
-    def locked(self) -> Iterator[None]:
-        """Exclusive flock on STORE/lock: commits and clean-ups of concurrent receives take turns."""
+    def _open_lock(self) -> int:
         path = self.root / LOCK_NAME
         try:
             fd, _ = open_file(self.root_fd, LOCK_NAME, path, "the lock file", os.O_RDWR | os.O_CREAT, FILE_MODE)
         except OSError as e:
             raise os_error(e, "cannot open the lock file", path) from None
+        return fd
+
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        """Exclusive flock on STORE/lock: commits and clean-ups of concurrent receives take turns."""
+        fd = self._open_lock()
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)  # O_NONBLOCK does not apply to flock: this waits
             yield
@@ -361,11 +365,7 @@ class Store:
     @contextmanager
     def locked_unless_busy(self) -> Iterator[None]:
         """The lock, refused (not waited for) while another process commits or receives."""
-        path = self.root / LOCK_NAME
-        try:
-            fd, _ = open_file(self.root_fd, LOCK_NAME, path, "the lock file", os.O_RDWR | os.O_CREAT, FILE_MODE)
-        except OSError as e:
-            raise os_error(e, "cannot open the lock file", path) from None
+        fd = self._open_lock()
         try:
             busy = ""
             try:
