@@ -598,7 +598,7 @@ def receive(dest, input_path, key_files, preserve_owner, preserve_special, prese
     With --store, add the stream as it is to the store DEST instead.
     """
     from rawsend.pipeline import receive as do_receive
-    from rawsend.progress import CountingReader, Progress, stream_size
+    from rawsend.progress import Progress, counted, stream_size
     from rawsend.sinks.tree import TreeSink
     from rawsend.stream.checker import Limits
 
@@ -630,7 +630,7 @@ def receive(dest, input_path, key_files, preserve_owner, preserve_special, prese
     with _open_input(input_path) as stream, _on_interrupt(f"nothing was kept: {dest} is as it was"):
         bar = Progress(progress, "receive", total=stream_size(stream), input_fd=stream.fileno())
         try:
-            stats = do_receive(CountingReader(stream, bar), sink, keyring=keyring, limits=limits,
+            stats = do_receive(counted(stream, bar), sink, keyring=keyring, limits=limits,
                                on_record=_Announcer(err=False).record if _verbosity >= 1 else None)
         finally:
             bar.close()
@@ -690,14 +690,14 @@ def _relay_store(store, stream_id, output) -> None:
 
 
 def _receive_store(store, input_path, limits, progress) -> None:
-    from rawsend.progress import CountingReader, Progress, stream_size
+    from rawsend.progress import Progress, counted, stream_size
     from rawsend.store import receive_into_store
 
     started = time.monotonic()
     with _open_input(input_path) as stream, _on_interrupt(f"nothing was stored: {store} is as it was"):
         bar = Progress(progress, "receive", total=stream_size(stream), input_fd=stream.fileno())
         try:
-            receipt = receive_into_store(CountingReader(stream, bar), store, limits=limits)
+            receipt = receive_into_store(counted(stream, bar), store, limits=limits)
         finally:
             bar.close()
     e = receipt.entry
@@ -891,7 +891,7 @@ def verify(stream_file, key_files, stream_id, signers, progress):
     every stored stream (no key needed).
     """
     from rawsend.pipeline import NullSink, receive as do_receive
-    from rawsend.progress import CountingReader, Progress, stream_size
+    from rawsend.progress import Progress, counted, stream_size
 
     if signers:
         _verify_signed(stream_file, signers, key_files, stream_id)
@@ -904,7 +904,7 @@ def verify(stream_file, key_files, stream_id, signers, progress):
     with _open_input(stream_file) as stream:
         bar = Progress(progress, "verify", total=stream_size(stream), input_fd=stream.fileno())
         try:
-            stats = do_receive(CountingReader(stream, bar), NullSink(), keyring=_load_keyring(key_files),
+            stats = do_receive(counted(stream, bar), NullSink(), keyring=_load_keyring(key_files),
                                require_key=False, on_record=_Announcer(err=False).record if _verbosity >= 1 else None)
         finally:
             bar.close()

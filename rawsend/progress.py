@@ -117,6 +117,11 @@ class CountingReader:
         self._stream.close()
 
 
+def counted(stream, progress: Progress):
+    """``stream``, counted into ``progress`` when it draws a bar (else as it is: no cost per read)."""
+    return CountingReader(stream, progress) if progress.enabled else stream
+
+
 def stream_size(stream) -> int | None:
     """The stream's size when it is a regular file (a stream file, a stored stream), else None."""
     try:

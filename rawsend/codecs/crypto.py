@@ -57,6 +57,7 @@ _AEADS = {Cipher.AES_256_GCM: AESGCM, Cipher.CHACHA20_POLY1305: ChaCha20Poly1305
 
 # records whose body is sealed in an encrypted stream: all but those the registry marks clear
 _CLEAR_TYPES = CLEAR_TYPES
+_EXTENT = RecordType.EXTENT  # as a global: cheaper per record than the enum's attribute
 
 
 def derive_stream_keys(secret: bytes, salt: bytes, stream_id: bytes) -> tuple[bytes, bytes]:
@@ -87,29 +88,33 @@ def check_sealing(header: Header, raw, extent: Extent | None = None) -> None:
     when it is an EXTENT.
     """
     sealed = bool(raw.flags & FLAG_SEALED)
-    where = dict(record=raw.index, offset=raw.offset)
     if not header.encrypted:
         if sealed:
-            raise MalformedRecord("sealed record in a stream that is not encrypted", **where)
-        if extent is not None and extent.encryption != Cipher.NONE:
-            raise MalformedRecord("encrypted extent in a stream that is not encrypted", **where)
+            raise MalformedRecord("sealed record in a stream that is not encrypted", **_where(raw))
+        if extent is not None and extent.encryption:
+            raise MalformedRecord("encrypted extent in a stream that is not encrypted", **_where(raw))
         return
-    if raw.type == RecordType.EXTENT:
+    if raw.type == _EXTENT:
         if sealed:
-            raise MalformedRecord("extent record with a sealed body (extent bodies stay in the clear)", **where)
+            raise MalformedRecord("extent record with a sealed body (extent bodies stay in the clear)", **_where(raw))
         if extent is not None:
             if extent.encryption != header.cipher:
                 raise MalformedRecord(f"extent encryption {Cipher.NAMES[extent.encryption]}, the stream uses"
-                                      f" {Cipher.NAMES[header.cipher]}", **where)
+                                      f" {Cipher.NAMES[header.cipher]}", **_where(raw))
             if extent.disk_num_bytes <= AEAD_TAG_LEN:
                 raise MalformedRecord(f"encrypted extent of {extent.disk_num_bytes} payload bytes, not more"
-                                      f" than its {AEAD_TAG_LEN}-byte tag", **where)
+                                      f" than its {AEAD_TAG_LEN}-byte tag", **_where(raw))
             if extent.key_id != header.key_id:
                 raise MalformedRecord(f"extent names key id {extent.key_id.hex()}, the stream's key id is"
-                                      f" {header.key_id.hex()}", **where)
+                                      f" {header.key_id.hex()}", **_where(raw))
     elif raw.type not in _CLEAR_TYPES and not sealed:
-        raise MalformedRecord(f"{RecordType.name_of(raw.type)} record in the clear in an encrypted stream", **where,
+        raise MalformedRecord(f"{RecordType.name_of(raw.type)} record in the clear in an encrypted stream",
+                              **_where(raw),
                               hint="an encrypted stream seals every metadata record; this one was altered")
+
+
+def _where(raw) -> dict:
+    return dict(record=raw.index, offset=raw.offset)
 
 
 def _key_of(key) -> Key:

@@ -23,6 +23,11 @@ from rawsend.sinks.namespace import Namespace
 from rawsend.sinks.policy import MetadataPolicy
 from rawsend.stream.records import ROOT_ID, Compression, Create, Extent, Feature, Link, RecordType, SetXattr
 
+# as globals: cheaper per record than the enum's class attributes
+_MKDIR, _MKFILE, _SYMLINK, _MKNOD = (RecordType.MKDIR, RecordType.MKFILE, RecordType.SYMLINK,
+                                     RecordType.MKNOD)
+_NO_COMPRESSION = Compression.NONE
+
 
 @dataclass
 class TreeReport:
@@ -110,10 +115,10 @@ class TreeSink:
             return
         try:
             parent_fd = self.ns.dir_fd(rec.parent_id)  # O_NOFOLLOW: a symlink here is an error
-            if rec.type == RecordType.MKDIR:
+            if rec.type == _MKDIR:
                 os.mkdir(rec.name, 0o700, dir_fd=parent_fd)
                 self.ns.dirs.append(rec.file_id)
-            elif rec.type == RecordType.MKFILE:
+            elif rec.type == _MKFILE:
                 self._cur_fd = os.open(rec.name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
                                        | os.O_CLOEXEC, 0o600, dir_fd=parent_fd)
                 self.writer.start_file(self._cur_fd, rec.size)
@@ -121,10 +126,10 @@ class TreeSink:
                 # so a chown to the owner it already has is skipped
                 if self.policy.preserve_owner and (rec.uid, rec.gid) != self._owner_as_created:
                     os.fchown(self._cur_fd, rec.uid, rec.gid)
-            elif rec.type == RecordType.SYMLINK:
+            elif rec.type == _SYMLINK:
                 os.symlink(rec.target, rec.name, dir_fd=parent_fd)
                 self._apply_symlink_meta(rec, parent_fd)
-            elif rec.type == RecordType.MKNOD:
+            elif rec.type == _MKNOD:
                 self._mknod(rec, parent_fd)
         except OSError as e:
             raise self._os_error(e, rec.file_id) from None
@@ -166,11 +171,11 @@ class TreeSink:
             self._skip_xattr(rec, refusal)
             return
         try:
-            if cur.type == RecordType.MKFILE:
+            if cur.type == _MKFILE:
                 os.setxattr(self._cur_fd, rec.name, rec.value)
-            elif cur.type == RecordType.MKDIR:
+            elif cur.type == _MKDIR:
                 os.setxattr(self.ns.dir_fd(rec.file_id), rec.name, rec.value)
-            elif cur.type == RecordType.SYMLINK:
+            elif cur.type == _SYMLINK:
                 # no fd can be opened on a symlink itself: go through the parent's fd
                 path = f"/proc/self/fd/{self.ns.dir_fd(cur.parent_id)}/{os.fsdecode(cur.name)}"
                 os.setxattr(path, rec.name, rec.value, follow_symlinks=False)
@@ -194,7 +199,7 @@ class TreeSink:
     def wants_encoded(self, rec: Extent) -> bool:
         # Every compressed extent comes here still encoded: the writer writes it verbatim
         # where btrfs takes it, else decodes it, and counts which and why.
-        return rec.compression != Compression.NONE
+        return rec.compression != _NO_COMPRESSION
 
     def extent_encoded(self, rec: Extent, payload) -> None:
         """Write one compressed extent: verbatim with ENCODED_WRITE, or decoded with pwrite."""

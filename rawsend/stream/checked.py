@@ -26,7 +26,11 @@ from rawsend.codecs.crypto import check_sealing
 from rawsend.errors import KeyMissing, KeyProblem, MalformedRecord, RawsendError, RecordOrderError, WrongKey
 from rawsend.stream.checker import Limits, StreamChecker, check_clear_rules, check_extent_features
 from rawsend.stream.reader import RawRecord, StreamReader
-from rawsend.stream.records import End, Extent, Feature, Header, RecordType, unpack_body
+from rawsend.stream.records import FLAG_SEALED, End, Extent, Feature, Header, RecordType, unpack_body
+
+# per-record code reads these as globals: an IntEnum's class attribute costs several times more
+_HEADER, _END, _TYPE_NAMES, _INCREMENTAL_TYPES = (RecordType.HEADER, RecordType.END, RecordType.NAMES,
+                                                  RecordType.INCREMENTAL)
 
 
 @dataclass(slots=True)
@@ -90,6 +94,7 @@ class CheckedReader:
         self.require_encrypted = require_encrypted
         self.opener = None
         self.header: Header | None = None
+        self._encrypted = self._incremental = False  # of the header, once it is read
         # the record being checked when an error came, once its body was understood (dump shows it)
         self.pending: tuple[RawRecord, object] | None = None
 
@@ -107,16 +112,20 @@ class CheckedReader:
         return self.reader.offset
 
     def __iter__(self) -> Iterator[Event]:
+        record = self._record
         for raw in self.reader:
-            if raw.type == RecordType.HEADER:
+            rtype = raw.type
+            if rtype == _HEADER:
                 yield self._header(raw)
-            elif raw.type == RecordType.END:
+            elif rtype == _END:
                 yield self._end(raw)
             else:
-                yield self._record(raw)
+                yield record(raw)
 
     def _header(self, raw: RawRecord) -> HeaderEvent:
         header = self.header = self.reader.header
+        self._encrypted = header.encrypted
+        self._incremental = bool(header.required_features & Feature.INCREMENTAL)
         try:
             if self.require_encrypted and not header.encrypted:
                 raise KeyProblem("the stream is not encrypted, so it has no key to change",
@@ -135,26 +144,31 @@ class CheckedReader:
 
     def _record(self, raw: RawRecord):
         self.pending = None
-        header, opener = self.header, self.opener
+        header, opener, rtype = self.header, self.opener, raw.type
         try:
-            check_sealing(header, raw)
-            check_clear_rules(header, raw.type, raw.index)
-            if raw.type not in RecordType.NAMES:  # skippable, of a later version: the reader said so
+            # The guards skip calls that cannot fail: a clear record of a stream that is not
+            # encrypted passes check_sealing, a full stream's own types pass check_clear_rules.
+            if self._encrypted or raw.flags & FLAG_SEALED:
+                check_sealing(header, raw)
+            if self._incremental or rtype in _INCREMENTAL_TYPES:
+                check_clear_rules(header, rtype, raw.index)
+            if rtype not in _TYPE_NAMES:  # skippable, of a later version: the reader said so
                 body = opener.open_metadata(raw) if opener is not None else raw.body
                 return SkippedEvent(raw, body)  # authenticated like any record, then skipped
-            if raw.sealed:
+            if raw.flags & FLAG_SEALED:
                 if opener is None:
                     return SealedEvent(raw)
                 body = opener.open_metadata(raw)
             else:
                 body = raw.body
-            rec = unpack_body(raw.type, body)
+            rec = unpack_body(rtype, body)
             payload = None
             if rec.PAYLOAD:  # an extent
-                check_sealing(header, raw, rec)  # its encryption fields agree with the header
+                if self._encrypted or rec.encryption:
+                    check_sealing(header, raw, rec)  # its encryption fields agree with the header
                 check_extent_features(header, rec)
             self.pending = (raw, rec)
-            if not self.keyless:
+            if opener is not None or not self._encrypted:  # not keyless: the record order rules
                 self.checker.check(rec, raw.index)
             if rec.PAYLOAD:
                 payload = self._payload(raw, rec)

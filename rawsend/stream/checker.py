@@ -6,7 +6,7 @@ streams with the same errors.
 
 from __future__ import annotations
 
-import hashlib
+from hashlib import blake2b
 from dataclasses import dataclass, field
 
 from rawsend.errors import LimitExceeded, MalformedRecord, RecordOrderError
@@ -14,6 +14,10 @@ from rawsend.stream.records import (
     ROOT_ID, Base, Chmod, Chown, Compression, Create, Extent, Feature, Header, Link, PunchHole, RecordType,
     RemoveXattr, Rename, Rmdir, SetXattr, Truncate, Unlink, UpdateFile, Utimes,
 )
+
+
+def _name_key(parent_id: int, name: bytes) -> bytes:
+    return blake2b(parent_id.to_bytes(8, "little") + name, digest_size=16).digest()
 
 
 @dataclass
@@ -35,7 +39,8 @@ class _Inode:
     size: int = 0
 
 
-_BASE_DIR = _Inode(RecordType.MKDIR, 0, 0)  # a directory of the base: the receiver knows its depth
+_MKDIR, _MKFILE = RecordType.MKDIR, RecordType.MKFILE  # as globals: cheaper per record than the class's
+_BASE_DIR = _Inode(_MKDIR, 0, 0)  # a directory of the base: the receiver knows its depth
 
 
 @dataclass
@@ -43,6 +48,7 @@ class StreamChecker:
     limits: Limits = field(default_factory=Limits)
     inodes: dict[int, _Inode] = field(default_factory=dict)
     current: int = 0            # file id the EXTENT/SET_XATTR records refer to
+    data_file: int = 0          # the current file when EXTENT and PUNCH_HOLE may write it (a regular file)
     extent_end: int = 0         # end of the current file's last extent
     xattr_count: int = 0
     xattr_bytes: int = 0
@@ -68,7 +74,7 @@ class StreamChecker:
         if self._in_base(parent_id):  # the receiver checks that it holds a directory there
             return _BASE_DIR
         parent = self.inodes.get(parent_id)
-        if parent is None or parent.type != RecordType.MKDIR or parent_id in self.removed:
+        if parent is None or parent.type != _MKDIR or parent_id in self.removed:
             raise RecordOrderError(f"parent id {parent_id} is not a directory created earlier", record=index)
         return parent
 
@@ -86,55 +92,58 @@ class StreamChecker:
         return inode
 
     def _create(self, rec: Create, index: int) -> None:
-        expected = len(self.inodes) + (self.first_id or ROOT_ID)
-        if rec.file_id != expected:
-            raise RecordOrderError(f"file id {rec.file_id}, expected the next id {expected}", record=index)
-        if not self.inodes and rec.type != RecordType.MKDIR and not self.first_id:
+        inodes, file_id, rtype = self.inodes, rec.file_id, rec.type
+        expected = len(inodes) + (self.first_id or ROOT_ID)
+        if file_id != expected:
+            raise RecordOrderError(f"file id {file_id}, expected the next id {expected}", record=index)
+        if not inodes and rtype != _MKDIR and not self.first_id:
             raise RecordOrderError("the first record after the header must create the root", record=index)
         self._count_name(index)
         depth = 0
-        if rec.file_id != ROOT_ID:
+        if file_id != ROOT_ID:
             depth = self._parent(rec.parent_id, index).depth + 1
             self._new_name(rec.parent_id, rec.name, index)
             if depth > self.limits.max_depth:
                 raise LimitExceeded(f"directory depth over {self.limits.max_depth}", record=index,
                                     hint="raise --max-depth if this stream is trusted")
-        if rec.type == RecordType.MKFILE:
+        if rtype == _MKFILE:
             self.declared_bytes += rec.size
             if self.declared_bytes > self.limits.max_bytes:
                 raise LimitExceeded(f"files declare more than {self.limits.max_bytes} bytes", record=index,
                                     hint="raise --max-bytes if this stream is trusted")
-        self.inodes[rec.file_id] = _Inode(rec.type, rec.parent_id, depth, rec.size)
-        self.current, self.extent_end, self.xattr_count, self.xattr_bytes = rec.file_id, 0, 0, 0
+        inodes[file_id] = _Inode(rtype, rec.parent_id, depth, rec.size)
+        self.current, self.extent_end, self.xattr_count, self.xattr_bytes = file_id, 0, 0, 0
+        self.data_file = file_id if rtype == _MKFILE else 0
         self.current_size = rec.size
 
     def _link(self, rec: Link, index: int) -> None:
         if self.first_id:  # incremental: any non-directory, of the base or of this stream
             target = self._live(rec.file_id, index, "link")
-            if target is not None and target.type == RecordType.MKDIR:
+            if target is not None and target.type == _MKDIR:
                 raise RecordOrderError(f"link to file id {rec.file_id}, a directory", record=index)
         else:
             target = self.inodes.get(rec.file_id)
-            if target is None or target.type != RecordType.MKFILE:
+            if target is None or target.type != _MKFILE:
                 raise RecordOrderError(f"link to file id {rec.file_id}, which is not a regular file created"
                                        " earlier in this stream", record=index)
         self._parent(rec.parent_id, index)
         self._count_name(index)
         self._new_name(rec.parent_id, rec.name, index)
         self.links += 1
-        self.current = 0  # records after a link do not continue the previous file
+        self.current = self.data_file = 0  # records after a link do not continue the previous file
 
     def _new_name(self, parent_id: int, name: bytes, index: int) -> None:
-        key = hashlib.blake2b(parent_id.to_bytes(8, "little") + name, digest_size=16).digest()
-        if key in self.names:
+        key = _name_key(parent_id, name)
+        names = self.names
+        if key in names:
             raise MalformedRecord(f"the same name twice in one directory: {name!r} again in directory id"
                                   f" {parent_id}", record=index,
                                   hint="a name is created once per directory (spec rule 5); the stream is damaged")
-        self.names.add(key)
+        names.add(key)
 
     def _drop_name(self, parent_id: int, name: bytes) -> None:
         """A name goes away (unlink, rmdir, the old name of a rename): it may be created again."""
-        self.names.discard(hashlib.blake2b(parent_id.to_bytes(8, "little") + name, digest_size=16).digest())
+        self.names.discard(_name_key(parent_id, name))
 
     def _count_name(self, index: int) -> None:
         if len(self.inodes) + self.links >= self.limits.max_files:
@@ -146,7 +155,7 @@ class StreamChecker:
 
     def _data_range(self, file_id: int, offset: int, length: int, what: str, index: int) -> None:
         """EXTENT and PUNCH_HOLE: the current regular file, in offset order, within its size."""
-        if file_id != self.current or not self.current_is_file:
+        if file_id != self.data_file or not file_id:
             raise RecordOrderError(f"{what} for file id {file_id}, but the file being written is"
                                    f" {self.current or 'none'}", record=index)
         if offset < self.extent_end:
@@ -157,13 +166,6 @@ class StreamChecker:
             raise RecordOrderError(f"{what} ends at {end}, beyond the file's declared size {self.current_size}",
                                    record=index)
         self.extent_end = end
-
-    @property
-    def current_is_file(self) -> bool:
-        if self._in_base(self.current):
-            return True  # made current by UPDATE_FILE, which the receiver checks is a regular file
-        inode = self.inodes.get(self.current)
-        return inode is not None and inode.type == RecordType.MKFILE
 
     def _xattr(self, rec: SetXattr, index: int) -> None:
         if self.first_id:  # incremental: any live file, counted per file
@@ -217,8 +219,8 @@ class StreamChecker:
         what = RecordType.NAMES[rec.type]
         inode = self._live(rec.file_id, index, what)
         self._parent(rec.parent_id, index)
-        if inode is not None and (inode.type == RecordType.MKDIR) != is_dir:
-            kind = "directory" if inode.type == RecordType.MKDIR else "non-directory"
+        if inode is not None and (inode.type == _MKDIR) != is_dir:
+            kind = "directory" if inode.type == _MKDIR else "non-directory"
             raise RecordOrderError(f"{what} of file id {rec.file_id}, a {kind}", record=index)
         self._drop_name(rec.parent_id, rec.name)
         if inode is not None and is_dir:
@@ -227,16 +229,17 @@ class StreamChecker:
     def _truncate(self, rec: Truncate, index: int) -> None:
         self._regular(rec.file_id, index, "truncate")
         if self.current == rec.file_id:
-            self.current = 0  # data records after a truncate need a new update_file
+            self.current = self.data_file = 0  # data records after a truncate need a new update_file
 
     def _regular(self, file_id: int, index: int, what: str) -> None:
         inode = self._live(file_id, index, what)
-        if inode is not None and inode.type != RecordType.MKFILE:
+        if inode is not None and inode.type != _MKFILE:
             raise RecordOrderError(f"{what} of file id {file_id}, which is not a regular file", record=index)
 
     def _update_file(self, rec: UpdateFile, index: int) -> None:
         self._regular(rec.file_id, index, "update_file")
         self.current, self.extent_end, self.current_size = rec.file_id, 0, rec.size
+        self.data_file = rec.file_id  # the receiver checks that the base's file is a regular file
 
     def _punch_hole(self, rec: PunchHole, index: int) -> None:
         self._data_range(rec.file_id, rec.offset, rec.length, "punch_hole", index)

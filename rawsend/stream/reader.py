@@ -24,6 +24,11 @@ from rawsend.stream.records import (
     PAYLOAD_TYPES, PREAMBLE, RECORD_HEADER, VERSION, End, Feature, Header, RecordType,
 )
 
+# per-record code reads these as globals: an IntEnum's class attribute costs several times more
+_HEADER, _END, _TYPE_NAMES = RecordType.HEADER, RecordType.END, RecordType.NAMES
+_HEADER_LEN = RECORD_HEADER.size
+_unpack_header = RECORD_HEADER.unpack
+
 
 @dataclass(slots=True)
 class RawRecord:
@@ -47,6 +52,9 @@ class RawRecord:
 
     def raw_bytes(self) -> bytes:
         return self.header + self.body + bytes(self.payload)
+
+
+_NO_PAYLOAD = memoryview(b"")
 
 
 class StreamReader:
@@ -109,14 +117,14 @@ class StreamReader:
 
     def _read_record(self) -> RawRecord:
         index, start = self.record_count, self.offset
-        header = self._stream.read(RECORD_HEADER.size)
-        if len(header) != RECORD_HEADER.size:
+        header = self._stream.read(_HEADER_LEN)
+        if len(header) != _HEADER_LEN:
             if not header:
                 raise TruncatedStream("no END record", record=index, offset=start)
-            raise TruncatedStream(f"record header: expected {RECORD_HEADER.size} bytes, got {len(header)}",
+            raise TruncatedStream(f"record header: expected {_HEADER_LEN} bytes, got {len(header)}",
                                   record=index, offset=start + len(header))
-        self.offset += RECORD_HEADER.size
-        rtype, flags, body_len, payload_len, crc = RECORD_HEADER.unpack(header)
+        self.offset = start + _HEADER_LEN
+        rtype, flags, body_len, payload_len, crc = _unpack_header(header)
         if flags & ~KNOWN_FLAGS:
             raise MalformedRecord(f"unknown flag bits 0x{flags & ~KNOWN_FLAGS:04x}", record=index, offset=start)
         if body_len > MAX_BODY_LEN:
@@ -128,11 +136,13 @@ class StreamReader:
             # a skippable record carries no file data, so no unknown type may have a payload either
             raise MalformedRecord(f"{RecordType.name_of(rtype)} record with a payload of {payload_len} bytes;"
                                   " only extents carry one", record=index, offset=start)
-        body = self._read_exact(body_len, "record body", index)
-        payload = self._read_payload(payload_len, index) if payload_len else memoryview(b"")
+        body = self._read_exact(body_len, "record body", index) if body_len else b""
         got = crc32c(body, crc32c(header[:CRC_COVERED]))
         if payload_len:
+            payload = self._read_payload(payload_len, index)
             got = crc32c(payload, got)
+        else:
+            payload = _NO_PAYLOAD
         if got != crc:
             raise ChecksumMismatch(f"record CRC-32C is 0x{got:08x}, header says 0x{crc:08x}",
                                    record=index, offset=start)
@@ -157,16 +167,20 @@ class StreamReader:
         self.header_body = first.body
         self._account(first)
         yield first
+        read_record, digest = self._read_record, self._digest.update
         while True:
-            rec = self._read_record()
-            if rec.type == RecordType.END:
+            rec = read_record()
+            rtype = rec.type
+            if rtype == _END:
                 self._check_end(rec)
                 yield rec
                 return
-            if rec.type == RecordType.HEADER:
+            if rtype == _HEADER:
                 raise RecordOrderError("a second header record", record=rec.index, offset=rec.offset)
-            self._check_type(rec)
-            self._account(rec)
+            if rtype not in _TYPE_NAMES or rec.flags & FLAG_SKIPPABLE:
+                self._check_type(rec)
+            digest(rec.header)  # _account, inline: once per record
+            self.record_count += 1
             yield rec
 
     @staticmethod

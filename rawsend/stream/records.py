@@ -8,6 +8,7 @@ there.  All integers are little-endian.  Each layout is a module-level
 from __future__ import annotations
 
 import enum
+import functools
 import stat
 import struct
 from dataclasses import dataclass
@@ -111,8 +112,9 @@ class _Record:
     SINK = ""
 
     @classmethod
-    def from_body(cls, rtype: int, body: bytes):
-        return cls.unpack(body)
+    def unpacker(cls, rtype: int):
+        """The function that unpacks a body of type ``rtype`` (bound once, called per record)."""
+        return cls.unpack
 
 
 # -- HEADER -----------------------------------------------------------------------------
@@ -179,7 +181,7 @@ class Header(_Record):
 
     @property
     def encrypted(self) -> bool:
-        return self.cipher != Cipher.NONE
+        return self.cipher != 0  # Cipher.NONE
 
 
 # -- MKDIR / MKFILE / MKNOD / SYMLINK ---------------------------------------------------
@@ -189,6 +191,7 @@ class Header(_Record):
 # size_or_rdev u64, name_len u16, target_len u16; then name, then target
 CREATE_BODY = struct.Struct("<QQIIIqIqIQHH")
 
+_MKDIR, _SYMLINK = RecordType.MKDIR, RecordType.SYMLINK  # as globals: cheaper per record than the class's
 _CREATE_KIND = {
     RecordType.MKDIR: (stat.S_IFDIR,),
     RecordType.MKFILE: (stat.S_IFREG,),
@@ -224,34 +227,37 @@ class Create(_Record):
                                 len(self.name), len(self.target)) + self.name + self.target
 
     @classmethod
-    def from_body(cls, rtype: int, body: bytes) -> "Create":
-        return cls.unpack(rtype, body)
+    def unpacker(cls, rtype: int):
+        return functools.partial(cls.unpack, rtype)  # one class for four types
 
     @classmethod
     def unpack(cls, rtype: int, body: bytes) -> "Create":
-        _at_least(body, CREATE_BODY.size, RecordType.NAMES[rtype])
+        fixed = CREATE_BODY.size
+        if len(body) < fixed:
+            _at_least(body, fixed, RecordType.NAMES[rtype])
         (file_id, parent_id, mode, uid, gid, a_sec, a_nsec, m_sec, m_nsec, size,
          name_len, target_len) = CREATE_BODY.unpack_from(body)
-        _exact(body, CREATE_BODY.size + name_len + target_len, RecordType.NAMES[rtype])
+        if len(body) != fixed + name_len + target_len:
+            _exact(body, fixed + name_len + target_len, RecordType.NAMES[rtype])
         if a_nsec >= 1_000_000_000 or m_nsec >= 1_000_000_000:
             raise MalformedRecord("nanoseconds field is 1e9 or more")
         if stat.S_IFMT(mode) not in _CREATE_KIND[rtype]:
             raise MalformedRecord(f"mode {mode:o} does not match a {RecordType.NAMES[rtype]} record")
-        if rtype == RecordType.SYMLINK:
+        if rtype == _SYMLINK:
             if not 0 < target_len <= MAX_TARGET_LEN:
                 raise LimitExceeded(f"symlink target length {target_len} not in 1..{MAX_TARGET_LEN}")
         elif target_len:
             raise MalformedRecord("target given on a record that is not a symlink")
-        if rtype in (RecordType.MKDIR, RecordType.SYMLINK) and size:
+        if size and (rtype == _MKDIR or rtype == _SYMLINK):
             raise MalformedRecord(f"{RecordType.NAMES[rtype]} with a nonzero size_or_rdev field ({size})")
         if size > MAX_FILE_SIZE:  # off_t and dev_t are signed 64-bit to the kernel's callers
             raise LimitExceeded(f"size or device number {size} over {MAX_FILE_SIZE}")
-        name = bytes(body[CREATE_BODY.size:CREATE_BODY.size + name_len])
-        target = bytes(body[CREATE_BODY.size + name_len:])
+        name = bytes(body[fixed:fixed + name_len])
+        target = bytes(body[fixed + name_len:]) if target_len else b""
         if b"\0" in target:
             raise UnsafePath("symlink target contains NUL")
         if file_id == ROOT_ID:
-            if rtype != RecordType.MKDIR or parent_id != 0 or name:
+            if rtype != _MKDIR or parent_id != 0 or name:
                 raise MalformedRecord("file id 1 must be the root: mkdir, parent 0, empty name")
         else:
             check_name(name)
@@ -347,6 +353,9 @@ Compression.BY_NAME = {v: k for k, v in Compression.NAMES.items()}
 # disk_num_bytes u64, compression u8, encryption u8, reserved u16, key_id 16s, nonce 12s
 EXTENT_BODY = struct.Struct("<QQQQQQBBH16s12s")
 EXTENT_AAD_LEN = EXTENT_BODY.size - NONCE_LEN  # every field but the nonce is bound
+# as globals: cheaper per extent than the enums' class attributes (0 is NONE in both)
+_COMPRESSION_NAMES, _CIPHER_NAMES = Compression.NAMES, Cipher.NAMES
+_NO_KEY_ID, _NO_NONCE = bytes(16), bytes(NONCE_LEN)
 
 
 @dataclass(frozen=True, slots=True)
@@ -376,16 +385,17 @@ class Extent(_Record):
 
     @classmethod
     def unpack(cls, body: bytes) -> "Extent":
-        _exact(body, EXTENT_BODY.size, "extent")
+        if len(body) != EXTENT_BODY.size:
+            _exact(body, EXTENT_BODY.size, "extent")
         (file_id, offset, num_bytes, unencoded_len, unencoded_offset, disk_num_bytes,
          compression, encryption, reserved, key_id, nonce) = EXTENT_BODY.unpack(body)
         if reserved:
             raise MalformedRecord("extent reserved field is not zero")
-        if compression not in Compression.NAMES:
+        if compression not in _COMPRESSION_NAMES:
             raise MalformedRecord(f"unknown compression {compression}")
-        if encryption not in Cipher.NAMES:
+        if encryption not in _CIPHER_NAMES:
             raise MalformedRecord(f"unknown encryption {encryption}")
-        if encryption == Cipher.NONE and (any(key_id) or any(nonce)):
+        if not encryption and (key_id != _NO_KEY_ID or nonce != _NO_NONCE):
             raise MalformedRecord("unencrypted extent carries a key id or nonce")
         if not 0 < unencoded_len <= MAX_EXTENT_LEN:
             raise LimitExceeded(f"unencoded_len {unencoded_len} not in 1..{MAX_EXTENT_LEN}")
@@ -396,7 +406,7 @@ class Extent(_Record):
                                   f" at unencoded_offset {unencoded_offset}")
         if not 0 < disk_num_bytes <= MAX_PAYLOAD_LEN:
             raise LimitExceeded(f"disk_num_bytes {disk_num_bytes} not in 1..{MAX_PAYLOAD_LEN}")
-        if compression == Compression.NONE and disk_num_bytes - (AEAD_TAG_LEN if encryption else 0) != unencoded_len:
+        if not compression and disk_num_bytes - (AEAD_TAG_LEN if encryption else 0) != unencoded_len:
             raise MalformedRecord("uncompressed extent whose payload length is not unencoded_len")
         if offset + num_bytes > MAX_FILE_SIZE:
             raise LimitExceeded("extent ends beyond 2^63-1")
@@ -779,9 +789,12 @@ PAYLOAD_TYPES = frozenset(t for t, cls in RECORDS.items() if cls.PAYLOAD)
 CLEAR_TYPES = frozenset(t for t, cls in RECORDS.items() if not cls.SEALED)  # clear in an encrypted stream
 
 
+_UNPACKERS = {t: cls.unpacker(t) for t, cls in RECORDS.items()}
+
+
 def unpack_body(rtype: int, body: bytes):
     """Typed record from a clear (unsealed) body."""
-    cls = RECORDS.get(rtype)
-    if cls is None:
+    unpack = _UNPACKERS.get(rtype)
+    if unpack is None:
         raise MalformedRecord(f"unknown record type {rtype}")
-    return cls.from_body(rtype, body)
+    return unpack(body)
