@@ -712,6 +712,9 @@ def _receive_store(store, input_path, limits, progress) -> None:
             " to check them)" if receipt.unchecked_extents else "")
          + ("; names, links and the tree rules are sealed and were not checked (verify STORE --key-file"
             " checks them)" if e.encrypted else ""))
+    if receipt.base_problem:
+        _warn(f"stream {e.stream_id} is incremental and {receipt.base_problem}: it cannot be restored from"
+              " this store until its base is received into it")
 
 
 def _verify_store(store, stream_id, key_files) -> None:

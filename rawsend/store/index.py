@@ -3,7 +3,9 @@
 One JSON object per stream in ``index/<stream-id-hex>.json``
 (spec/store-format.md, "Index entries").  Every field is computed from the
 clear parts of the stream as it arrives: the header, the framing, the clear
-EXTENT bodies and, for streams that are not encrypted, the metadata records.
+EXTENT bodies, record 1 of an incremental stream (BASE, clear even when the
+stream is encrypted) and, for streams that are not encrypted, the metadata
+records.
 """
 
 from __future__ import annotations
@@ -20,6 +22,15 @@ _COMPRESSIONS = frozenset(Compression.NAMES.values())
 _CIPHERS = frozenset(Cipher.NAMES.values())
 
 _HEX_LENGTHS = {"stream_id": 32, "end_digest": 64, "sha256": 64}
+_PARENT_FIELDS = {"stream_id": 32, "end_digest": 64}
+UNRECORDED = "unrecorded"  # parent of an entry written before stores recorded parents: the stream file says
+
+
+@dataclass(frozen=True)
+class Parent:
+    """The base an incremental stream changes, from its BASE record."""
+    stream_id: str            # the base's stream id, hex
+    end_digest: str           # the base's END digest, hex
 
 
 @dataclass(frozen=True)
@@ -37,6 +48,7 @@ class IndexEntry:
     key_id: str | None = None  # hex, only when encrypted
     end_digest: str = ""      # the END record's digest, hex
     sha256: str = ""          # SHA-256 of the whole stored file, hex
+    parent: Parent | None = None  # the base of an incremental stream; None: a full stream
 
     def to_json(self) -> bytes:
         return (json.dumps(asdict(self), sort_keys=True, indent=1) + "\n").encode()
@@ -50,7 +62,7 @@ class IndexEntry:
             raise _damaged(f"not valid JSON ({e})", path) from None
         if not isinstance(obj, dict):
             raise _damaged("not a JSON object", path)
-        expected = set(cls.__dataclass_fields__)
+        expected = set(cls.__dataclass_fields__) - {"parent"}
         missing = expected - set(obj)
         if missing:
             raise _damaged(f"missing fields {', '.join(sorted(missing))}", path)
@@ -84,7 +96,18 @@ class IndexEntry:
                 raise _damaged("key_id of a stream that is not encrypted is not null", path)
             if values["files"] == UNKNOWN:
                 raise _damaged("files of a stream that is not encrypted is not a count", path)
+        values["parent"] = _parent(obj["parent"], path) if "parent" in obj else UNRECORDED
         return cls(**values)
+
+
+def _parent(v, path: str) -> Parent | None:
+    """The entry's parent field: null (a full stream) or a base."""
+    if v is None:
+        return None
+    if not isinstance(v, dict) or not all(_is_hex(v.get(k), n) for k, n in _PARENT_FIELDS.items()):
+        raise _damaged("parent is neither null nor an object with stream_id (32 lowercase hex digits)"
+                       " and end_digest (64)", path)
+    return Parent(v["stream_id"], v["end_digest"])
 
 
 def _is_int(v, low: int = 0) -> bool:

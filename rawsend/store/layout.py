@@ -21,6 +21,7 @@ The ``Path`` attributes only name things in messages.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import fcntl
 import json
@@ -32,10 +33,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
-from rawsend.errors import StoreDamaged, StoreError
+from rawsend.errors import RawsendError, StoreDamaged, StoreError
 from rawsend.fsutil import fsync_dir, left_by_dead_process, write_all
-from rawsend.store.index import IndexEntry
+from rawsend.store.index import UNRECORDED, IndexEntry, Parent
 from rawsend.store.names import NOT_OURS_HINT, kind_of, lstat_at, not_ours, open_dir, open_file, read_small
+from rawsend.stream.checked import CheckedReader, HeaderEvent, RecordEvent
+from rawsend.stream.records import Base, Feature
 
 MARKER_NAME = "rawsend-store"
 STORE_FORMAT = "rawsend-store"
@@ -223,7 +226,25 @@ class Store:
         if entry.stream_id != stream_id:
             raise StoreDamaged(f"index entry names stream {entry.stream_id}", path=str(path),
                              hint="the entry was renamed or damaged; delete it and receive the stream again")
+        if entry.parent == UNRECORDED:
+            entry = dataclasses.replace(entry, parent=self._parent_in_file(stream_id))
         return entry
+
+    def _parent_in_file(self, stream_id: str) -> Parent | None:
+        """The base a stream names in its file, for an index entry written before entries recorded it:
+        the header and, in an incremental stream, record 1 (BASE, clear even when sealed)."""
+        with self.open_stream(stream_id) as f:
+            try:
+                for event in CheckedReader(f, require_key=False):
+                    if isinstance(event, RecordEvent) and isinstance(event.record, Base):
+                        return Parent(event.record.stream_id.hex(), event.record.digest.hex())
+                    if not isinstance(event, HeaderEvent) or not event.header.required_features & Feature.INCREMENTAL:
+                        return None
+            except RawsendError as e:
+                raise StoreDamaged(f"stored stream {stream_id}: its index entry does not say whether it has a base,"
+                                   f" and its file does not either: {e}", path=str(self.stream_path(stream_id)),
+                                   hint=damaged_hint(stream_id)) from None
+        return None
 
     def entries(self, damaged: list[StoreError] | None = None) -> list[IndexEntry]:
         """Every stream of the store, oldest received first.

@@ -27,12 +27,12 @@ from typing import BinaryIO
 from rawsend.errors import RawsendError
 from rawsend.fsutil import write_all
 from rawsend.pipeline import ReceiveStats, count
-from rawsend.store.index import UNKNOWN, IndexEntry
+from rawsend.store.index import UNKNOWN, IndexEntry, Parent
 from rawsend.store.layout import STREAM_SUFFIX, Store, os_error
 from rawsend.store.payloads import PayloadCheck
 from rawsend.stream.checked import CheckedReader, EndEvent, Event, HeaderEvent, RecordEvent
 from rawsend.stream.checker import Limits
-from rawsend.stream.records import Cipher, End, Extent, Header
+from rawsend.stream.records import Base, Cipher, End, Extent, Header
 from rawsend.stream.tee import TeeReader
 from rawsend.stream.writer import FLUSH_AT
 
@@ -44,9 +44,10 @@ class StoreReceipt:
     stored: bool  # False: the identical stream was already in the store, nothing was added
     store: Path
     unchecked_extents: int = 0  # LZO extents stored without a decode check: no LZO decoder here
+    base_problem: str = ""  # an incremental stream whose base the store lacks: what is wrong, else ""
 
 
-def _index_entry(header: Header, end: End, stats: ReceiveStats, stored_bytes: int, sha256: str,
+def _index_entry(header: Header, base: Base | None, end: End, stats: ReceiveStats, stored_bytes: int, sha256: str,
                  received_ns: int) -> IndexEntry:
     return IndexEntry(
         stream_id=header.stream_id.hex(), created_ns=header.created_ns, received_ns=received_ns,
@@ -55,7 +56,8 @@ def _index_entry(header: Header, end: End, stats: ReceiveStats, stored_bytes: in
         compression=dict(sorted(stats.by_compression.items())),
         encrypted=header.encrypted, cipher=Cipher.NAMES[header.cipher],
         key_id=header.key_id.hex() if header.encrypted else None,
-        end_digest=end.digest.hex(), sha256=sha256)
+        end_digest=end.digest.hex(), sha256=sha256,
+        parent=Parent(base.stream_id.hex(), base.digest.hex()) if base else None)
 
 
 class _StreamFile:
@@ -153,12 +155,15 @@ def receive_into_store(stream: BinaryIO, store_path: str | os.PathLike, *, limit
         try:
             out = _StreamFile(fd, temp)
             stats = ReceiveStats()
+            base = None
             try:
                 for event in stored_events(TeeReader(stream, out.write), payloads, stats, limits):
                     if isinstance(event, HeaderEvent):
                         header = event.header
                     elif isinstance(event, EndEvent):
                         end = event.end
+                    elif isinstance(event, RecordEvent) and isinstance(event.record, Base):
+                        base = event.record  # record 1 of an incremental stream, clear even when sealed
                     if progress:
                         progress(event.raw.size)
                 out.sync()
@@ -166,7 +171,7 @@ def receive_into_store(stream: BinaryIO, store_path: str | os.PathLike, *, limit
                 payloads.close()
                 out.close()
                 os.close(fd)
-            entry = _index_entry(header, end, stats, out.size, out.sha256.hexdigest(), time.time_ns())
+            entry = _index_entry(header, base, end, stats, out.size, out.sha256.hexdigest(), time.time_ns())
             stored = store.commit(temp, entry)
         except BaseException:
             store.remove_temp(temp)
@@ -177,4 +182,18 @@ def receive_into_store(stream: BinaryIO, store_path: str | os.PathLike, *, limit
             raise
         if not stored:
             entry = store.read_entry(entry.stream_id) or entry  # the copy that was there first
-        return StoreReceipt(entry, stored, store.root, payloads.unchecked)
+        # a base still to come is no fault here: receives may arrive in any order; verify reports it
+        return StoreReceipt(entry, stored, store.root, payloads.unchecked, base_problem(store, entry))
+
+
+def base_problem(store: Store, entry: IndexEntry) -> str:
+    """What keeps the store from holding the base ``entry`` names: "" when it holds it (or needs none)."""
+    if entry.parent is None:
+        return ""
+    base = store.read_entry(entry.parent.stream_id)
+    if base is None:
+        return f"its base {entry.parent.stream_id} is not in the store"
+    if base.end_digest != entry.parent.end_digest:
+        return (f"the store's stream {base.stream_id} is not its base: its END digest is {base.end_digest[:16]}...,"
+                f" the base record names {entry.parent.end_digest[:16]}...")
+    return ""
