@@ -306,8 +306,11 @@ def main():
               help="With --state: send against this earlier stream (a unique prefix of its id; default: the newest).")
 @click.option("--keep-state", "keep_state", type=click.IntRange(min=1), default=None, metavar="N",
               help="With --state: keep the newest N streams in STATE to send against (default: 10).")
+@click.option("--label", "label_text", default=None, metavar="TEXT",
+              help="Record TEXT (UTF-8, at most 1024 bytes), this host's name, the SOURCE path and the rawsend"
+                   " version in the stream (sealed with --encrypt); 'rawsend ls STORE' and dump show them.")
 def send(source, output, compress_name, level, encrypt_key, cipher, threads, no_raw, progress, stream_id,
-         excludes, exclude_from, one_fs, dry_run, state_path, parent_id, keep_state):
+         excludes, exclude_from, one_fs, dry_run, state_path, parent_id, keep_state, label_text):
     """Write a stream of the tree SOURCE to stdout (or -o FILE).
 
     When SOURCE is a store, relay one stored stream instead, byte for byte.
@@ -319,7 +322,8 @@ def send(source, output, compress_name, level, encrypt_key, cipher, threads, no_
                  if value is not None]
         given += [name for name, value in (("--exclude", excludes), ("--exclude-from", exclude_from),
                                            ("--one-file-system", one_fs), ("--dry-run", dry_run),
-                                           ("--state", state_path)) if value]
+                                           ("--state", state_path), ("--label", label_text is not None))
+                  if value]
         if click.get_current_context().get_parameter_source("compress_name") is click.core.ParameterSource.COMMANDLINE:
             given.append("--compress")
         if given:
@@ -337,6 +341,8 @@ def send(source, output, compress_name, level, encrypt_key, cipher, threads, no_
     from rawsend.stream.writer import fd_writer
 
     _check_level(compress_name, level)
+    from rawsend.labels import make_label
+    label = make_label(label_text, source) if label_text is not None else None
     patterns = tuple(excludes) + _patterns_from(exclude_from)
     compression = Compression.BY_NAME[compress_name]
     if level is None:
@@ -349,7 +355,7 @@ def send(source, output, compress_name, level, encrypt_key, cipher, threads, no_
         sealer = Sealer(load_key(encrypt_key, warn=_warn), Cipher.BY_NAME[cipher])
     if state_path is not None:
         _send_tracked(source, state_path, parent_id, keep_state, output, compression, level, threads, sealer,
-                      progress, patterns, one_fs, dry_run)
+                      progress, patterns, one_fs, dry_run, label)
         return
     tree, report = _tree_source(source, raw=not no_raw)
     if dry_run:
@@ -364,7 +370,7 @@ def send(source, output, compress_name, level, encrypt_key, cipher, threads, no_
         try:
             items = _Announcer(err=True).items(tree) if _verbosity >= 1 else tree  # stdout may be the stream
             stats = do_send(items, fd_writer(out_fd), compression=compression, level=level,
-                            threads=threads, sealer=sealer, progress=bar)
+                            threads=threads, sealer=sealer, progress=bar, label=label)
         finally:
             bar.close()
     elapsed = time.monotonic() - started
@@ -385,7 +391,7 @@ def send(source, output, compress_name, level, encrypt_key, cipher, threads, no_
 # -- send --state ------------------------------------------------------------------------------
 
 def _send_tracked(source, state_path, parent_id, keep, output, compression, level, threads, sealer, progress,
-                  patterns, one_fs, dry_run) -> None:
+                  patterns, one_fs, dry_run, label=None) -> None:
     """send --state: the stream of what changed since the parent (all of SOURCE the first time);
     STATE records it only once the stream's last byte is written and flushed."""
     from rawsend.incremental.diff import describe
@@ -412,7 +418,7 @@ def _send_tracked(source, state_path, parent_id, keep, output, compression, leve
             bar = Progress(progress, "send", total=ts.bytes_to_read())
             try:
                 stats = ts.send(fd_writer(out_fd), compression=compression, level=level, threads=threads,
-                                sealer=sealer, progress=bar if bar.active else None)
+                                sealer=sealer, progress=bar if bar.active else None, label=label)
             finally:
                 bar.close()
         info = ts.commit(keep or DEFAULT_KEEP)  # the stream is complete: -o FILE is in place, stdout written
@@ -743,21 +749,34 @@ def _verify_store(store, stream_id, key_files) -> None:
 @with_verbosity
 @click.argument("store", type=click.Path(exists=True, file_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per stream (its index entry) per line.")
-def ls(store, as_json):
-    """List the streams of STORE, oldest received first; no key needed."""
+@click.option("--key-file", "key_files", multiple=True, type=click.Path(readable=False),
+              help="Key of encrypted streams, to show their labels (repeatable); without it they show as sealed.")
+def ls(store, as_json, key_files):
+    """List the streams of STORE, oldest received first, with their labels (send --label); no key needed
+    but for the labels of encrypted streams."""
     import dataclasses
 
+    from rawsend.labels import Found, json_fields, read_label, shown
     from rawsend.store import Store
 
+    keyring = _load_keyring(key_files)
     damaged = []
-    for e in Store.open(store).entries(damaged):
+    opened = Store.open(store)
+    for e in opened.entries(damaged):
+        try:
+            with opened.open_stream(e.stream_id) as f:
+                found = read_label(f, keyring)
+        except RawsendError as error:  # the entry is still listed; the error follows the list
+            error.detail = f"stored stream {e.stream_id}: its label: {error.detail}"
+            damaged.append(error)
+            found = Found(unreadable=True)
         if as_json:
-            echo(json_line(dataclasses.asdict(e), sort_keys=True))
+            echo(json_line({**dataclasses.asdict(e), **json_fields(found)}, sort_keys=True))
             continue
         mix = ",".join(f"{name}:{n}" for name, n in e.compression.items()) or "no-extents"
         crypt = f"encrypted {e.cipher} key {e.key_id}" if e.encrypted else "not-encrypted"
         echo(f"{e.stream_id}  {_utc(e.received_ns)}  {_human(e.logical_bytes)} logical  "
-             f"{_human(e.stored_bytes)} stored  {_n(e.files, 'file')}  {mix}  {crypt}")
+             f"{_human(e.stored_bytes)} stored  {_n(e.files, 'file')}  {mix}  {crypt}  {shown(found)}")
     for error in damaged:
         _err(str(error))
     if damaged:

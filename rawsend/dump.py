@@ -14,8 +14,8 @@ from rawsend.errors import RawsendError
 from rawsend.stream.checked import CheckedReader, EndEvent, HeaderEvent, RecordEvent
 from rawsend.stream.reader import RawRecord
 from rawsend.stream.records import (
-    ROOT_ID, VERSION, Base, Chmod, Chown, Cipher, Compression, Create, End, Extent, Feature, Header, Link,
-    PunchHole, RecordType, RemoveXattr, Rename, Rmdir, SetXattr, Truncate, Unlink, UpdateFile, Utimes,
+    ROOT_ID, VERSION, Base, Chmod, Chown, Cipher, Compression, Create, End, Extent, Feature, Header, Label,
+    Link, PunchHole, RecordType, RemoveXattr, Rename, Rmdir, SetXattr, Truncate, Unlink, UpdateFile, Utimes,
 )
 
 
@@ -147,6 +147,9 @@ class Dumper:
         self._by_id(f, rec)
         f.update(file_offset=rec.offset, len=rec.length)
 
+    def _label(self, f: dict, rec: Label) -> None:
+        f.update(label=rec.label, host=rec.host, source=rec.source, version=rec.version)
+
     def _end(self, f: dict, rec: End) -> None:
         f.update(records=rec.record_count, bytes=rec.byte_count, digest=rec.digest.hex())
         if any(rec.mac):
@@ -156,7 +159,7 @@ class Dumper:
     _FIELDS = {Header: _header, Create: _create, Link: _link, SetXattr: _xattr, Extent: _extent, End: _end,
                Base: _base, Rename: _rename, Unlink: _unlink, Rmdir: _unlink, Truncate: _sized, Chmod: _chmod,
                Chown: _chown, Utimes: _utimes, RemoveXattr: _remove_xattr, UpdateFile: _sized,
-               PunchHole: _punch_hole}
+               PunchHole: _punch_hole, Label: _label}
 
     def line(self, raw: RawRecord, rec) -> str:
         f = self.fields(raw, rec)

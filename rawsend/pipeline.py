@@ -22,7 +22,7 @@ from rawsend.stream.checked import CheckedReader, EndEvent, HeaderEvent, RecordE
 from rawsend.stream.sink import NullSink, Sink  # noqa: F401  (NullSink: importable here too)
 from rawsend.stream.checker import Limits
 from rawsend.stream.reader import RawRecord
-from rawsend.stream.records import FLAG_SEALED, Compression, Create, Extent, Feature, Header, RecordType
+from rawsend.stream.records import FLAG_SEALED, FLAG_SKIPPABLE, Compression, Create, Extent, Feature, Header, RecordType
 from rawsend.stream.writer import StreamWriter
 
 INLINE_BELOW = 16 * 1024  # chunks this small are cheaper to encode than to hand to a thread
@@ -92,9 +92,9 @@ class Encoder:
             else:
                 self._pending.append(self._extent(index, item.extent, item.payload))
         else:
-            body, flags = item.pack(), 0
+            body, flags = item.pack(), FLAG_SKIPPABLE if item.SKIPPABLE else 0
             if self.sealer and item.SEALED:  # BASE stays clear, for keyless stores
-                body, flags = self.sealer.seal_metadata(index, item.type, body), FLAG_SEALED
+                body, flags = self.sealer.seal_metadata(index, item.type, body), flags | FLAG_SEALED
             self._pending.append(_Framed(item.type, body, b"", flags, None))
         while len(self._pending) > self.max_in_flight:
             self._write_one()
@@ -153,8 +153,10 @@ def make_header(*, compression: int, sealer=None, stream_id: bytes | None = None
 
 def send(items: Iterable, write: Callable[[bytes], None], *, compression: int = Compression.ZSTD,
          level: int = 3, threads: int | None = None, sealer=None, stream_id: bytes | None = None,
-         created_ns: int | None = None, progress=None, required: int = 0, optional: int = 0) -> SendStats:
-    """Write one complete stream of ``items`` (records and chunks from a source)."""
+         created_ns: int | None = None, progress=None, required: int = 0, optional: int = 0,
+         label=None) -> SendStats:
+    """Write one complete stream of ``items`` (records and chunks from a source); ``label`` (a
+    records.Label) becomes record 2, after the first item (the root, or BASE)."""
     header = make_header(compression=compression, sealer=sealer, stream_id=stream_id,
                          created_ns=created_ns, required=required, optional=optional)
     if sealer is not None:
@@ -165,6 +167,9 @@ def send(items: Iterable, write: Callable[[bytes], None], *, compression: int = 
     try:
         for item in items:
             encoder.add(item)
+            if label is not None:
+                encoder.add(label)
+                label = None
         encoder.finish()
     finally:
         encoder.close()
@@ -214,7 +219,7 @@ def _count_record(stats: ReceiveStats, event: RecordEvent) -> None:
         stats.logical_bytes += rec.num_bytes
         name = _COMPRESSION_NAMES[rec.compression]
         stats.by_compression[name] = stats.by_compression.get(name, 0) + 1
-    else:
+    elif rec.SINK:  # notes (LABEL) are no change
         counter = _COUNTERS.get(event.raw.type, "changes")  # incremental records: changes
         setattr(stats, counter, getattr(stats, counter) + 1)
 
@@ -288,6 +293,8 @@ def _apply(event: RecordEvent, sink: Sink) -> None:
     unless the sink takes it encoded."""
     rec, raw = event.record, event.raw
     try:
+        if not rec.SINK:
+            return  # a note (LABEL): nothing changes in the tree
         if not rec.PAYLOAD:
             getattr(sink, rec.SINK)(rec)
         elif event.payload is None:

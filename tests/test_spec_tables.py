@@ -118,7 +118,8 @@ def record_types() -> dict[int, tuple[str, str, str]]:
 BODY_SECTION = {"header": "HEADER", "create": "Create records", "link": "LINK", "xattr": "SET_XATTR",
                 "extent": "EXTENT", "end": "END", "base": "BASE", "rename": "RENAME", "unlink": "UNLINK and RMDIR",
                 "truncate": "TRUNCATE", "chmod": "CHMOD", "chown": "CHOWN", "utimes": "UTIMES",
-                "remove_xattr": "REMOVE_XATTR", "update_file": "UPDATE_FILE", "punch_hole": "PUNCH_HOLE"}
+                "remove_xattr": "REMOVE_XATTR", "update_file": "UPDATE_FILE", "punch_hole": "PUNCH_HOLE",
+                "label": "LABEL"}
 
 
 def test_the_record_types_table_is_the_codes():
@@ -172,7 +173,8 @@ def _same_as_the_code(section: str, rtype: int, fields: dict, body: bytes) -> No
     """What the spec's table read equals what rawsend's parser reads, field by field."""
     rec = unpack_body(rtype, body)
     derived = {"size_or_rdev": "size", "reserved": None, "name_len": "name", "target_len": "target",
-               "value_len": "value", "to_name_len": "to_name"}
+               "value_len": "value", "to_name_len": "to_name", "label_len": "label", "host_len": "host",
+               "source_len": "source", "version_len": "version"}
     for name, value in fields.items():
         if name in ("atime_sec", "atime_nsec", "mtime_sec", "mtime_nsec"):
             which = name[:5]
@@ -181,7 +183,8 @@ def _same_as_the_code(section: str, rtype: int, fields: dict, body: bytes) -> No
                       "key_id", "salt", "digest", "mac", "record_count", "byte_count", "nonce", "offset",
                       "num_bytes", "unencoded_len", "unencoded_offset", "disk_num_bytes", "compression",
                       "encryption", "file_id", "parent_id", "mode", "uid", "gid", "name", "target", "value",
-                      "first_id", "to_parent_id", "to_name", "size", "length"):
+                      "first_id", "to_parent_id", "to_name", "size", "length", "label", "host", "source",
+                      "version"):
             assert getattr(rec, name) == value, (section, name)
         elif derived.get(name):
             if name.endswith("_len"):

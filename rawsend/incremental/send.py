@@ -141,13 +141,15 @@ class TrackedSend:
         return sum(self.plan.entries[fid].size for fid in self.plan.reread)
 
     def send(self, write: Callable[[bytes], None], *, compression: int, level: int, threads: int | None = None,
-             sealer=None, progress: Callable[[int], None] | None = None) -> SendStats:
-        """Write the whole stream through ``write`` (the last byte flushed when this returns)."""
+             sealer=None, progress: Callable[[int], None] | None = None, label=None) -> SendStats:
+        """Write the whole stream through ``write`` (the last byte flushed when this returns);
+        ``label``: a records.Label, record 2."""
         assert self.plan is not None, "scan() first"
         self.recording = self.state.begin(self.ids, self.parent, self.now.started_ns)
         required = Feature.INCREMENTAL if self.incremental else 0
         self.sent = pipeline_send(self._items(progress), write, compression=compression, level=level,
-                                  threads=threads, sealer=sealer, required=required, optional=Feature.TRACKED)
+                                  threads=threads, sealer=sealer, required=required, optional=Feature.TRACKED,
+                                  label=label)
         return self.sent
 
     def commit(self, keep: int = DEFAULT_KEEP) -> StreamInfo:

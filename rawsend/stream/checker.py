@@ -280,3 +280,6 @@ def check_clear_rules(header: Header, raw_type: int, index: int) -> None:
                                    " conforming")
     if incremental and (index == 1) != (raw_type == RecordType.BASE):
         raise RecordOrderError("an incremental stream's record 1 must be its base record, and only record 1")
+    if raw_type == RecordType.LABEL and index != 2:
+        raise RecordOrderError(f"a label record as record {index}; it may only be record 2 (after the root, or"
+                               " after BASE), once")

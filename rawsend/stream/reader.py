@@ -187,6 +187,12 @@ class StreamReader:
     def _check_type(rec: RawRecord) -> None:
         """SKIPPABLE is for unknown types of the skippable ranges only (spec "Versioning and extension")."""
         skippable = rec.flags & FLAG_SKIPPABLE
+        if rec.type in RecordType.ALWAYS_SKIPPABLE:  # a note this reader knows: older ones skip it
+            if not skippable:
+                raise MalformedRecord(f"{RecordType.NAMES[rec.type]} record not marked skippable",
+                                      record=rec.index, offset=rec.offset,
+                                      hint="notes are always skippable; the stream is damaged or not conforming")
+            return
         if rec.type in RecordType.NAMES:
             if skippable:
                 raise MalformedRecord(f"{RecordType.NAMES[rec.type]} record marked skippable",

@@ -70,6 +70,8 @@ class RecordType(enum.IntEnum):
     UPDATE_FILE = 18
     BASE = 20
     PUNCH_HOLE = 21
+    # notes about the stream: always SKIPPABLE (a reader may ignore them and build the same tree)
+    LABEL = 48
 
     @classmethod
     def may_skip(cls, rtype: int) -> bool:
@@ -90,6 +92,8 @@ RecordType.NAMES = {t.value: t.name.lower() for t in RecordType}
 RecordType.NEVER_SKIPPABLE = (range(0, 1),     # 0 is no type: zeroed or damaged bytes
                               range(10, 32))   # incremental: rename, unlink, ..., clone
 # 32..47 (signature, hash of the whole stream) are always skippable
+# Known types that are notes: they carry SKIPPABLE, so that older readers skip them.
+RecordType.ALWAYS_SKIPPABLE = frozenset({48})
 RecordType.RESERVED = {19: "clone", 32: "signature", 33: "stream_hash"}
 # Types a stream may carry only when it sets the required feature `incremental`.
 RecordType.INCREMENTAL = frozenset(range(10, 22)) & frozenset(RecordType.NAMES)
@@ -109,6 +113,7 @@ class _Record:
     TYPES: tuple[int, ...] = ()
     PAYLOAD = False
     SEALED = True
+    SKIPPABLE = False  # written with the SKIPPABLE flag (notes: LABEL)
     SINK = ""
 
     @classmethod
@@ -720,6 +725,59 @@ class PunchHole(_Record):
         return rec
 
 
+# -- LABEL ----------------------------------------------------------------------------------
+#
+# A note on where a stream comes from (spec "LABEL"): the sender's --label, its host name, the
+# source path and the writer's version.  Record 2 when present, SKIPPABLE, sealed when encrypted.
+
+# label_len u16, host_len u16, source_len u16, version_len u16; then label, host, source, version
+LABEL_BODY = struct.Struct("<HHHH")
+MAX_LABEL_LEN = 1024    # bytes of UTF-8
+MAX_HOST_LEN = 255      # a fully qualified host name
+MAX_SOURCE_LEN = 4095   # PATH_MAX - 1
+MAX_VERSION_LEN = 64
+
+
+@dataclass(frozen=True, slots=True)
+class Label(_Record):
+    TYPES = (RecordType.LABEL,)
+    SKIPPABLE = True
+    SINK = ""  # a note: nothing to apply to a tree
+
+    label: bytes    # UTF-8
+    host: bytes     # UTF-8
+    source: bytes   # a path: raw bytes, as names are
+    version: bytes  # UTF-8
+
+    type = RecordType.LABEL
+
+    def pack(self) -> bytes:
+        return (LABEL_BODY.pack(len(self.label), len(self.host), len(self.source), len(self.version))
+                + self.label + self.host + self.source + self.version)
+
+    @classmethod
+    def unpack(cls, body: bytes) -> "Label":
+        _at_least(body, LABEL_BODY.size, "label")
+        lens = LABEL_BODY.unpack_from(body)
+        caps = (MAX_LABEL_LEN, MAX_HOST_LEN, MAX_SOURCE_LEN, MAX_VERSION_LEN)
+        for what, n, cap in zip(("label", "host name", "source path", "version"), lens, caps):
+            if n > cap:
+                raise LimitExceeded(f"label record: {what} of {n} bytes, over {cap}")
+        _exact(body, LABEL_BODY.size + sum(lens), "label")
+        fields, pos = [], LABEL_BODY.size
+        for n in lens:
+            fields.append(bytes(body[pos:pos + n]))
+            pos += n
+        for what, value in (("label", fields[0]), ("host name", fields[1]), ("version", fields[3])):
+            try:
+                value.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise MalformedRecord(f"label record: {what} is not valid UTF-8 (byte {e.start})") from None
+        if b"\0" in fields[2]:
+            raise MalformedRecord("label record: source path contains NUL")
+        return cls(*fields)
+
+
 # -- END ------------------------------------------------------------------------------------
 
 # record_count u64, byte_count u64, digest 32s (SHA-256), mac 32s (zero unless encrypted)
@@ -783,7 +841,7 @@ def _at_least(body, size: int, what: str) -> None:
 
 RECORDS: dict[int, type] = {t: cls for cls in (Header, Create, Link, SetXattr, Extent, End, Base, Rename, Unlink,
                                                 Rmdir, Truncate, Chmod, Chown, Utimes, RemoveXattr, UpdateFile,
-                                                PunchHole)
+                                                PunchHole, Label)
                             for t in cls.TYPES}
 PAYLOAD_TYPES = frozenset(t for t, cls in RECORDS.items() if cls.PAYLOAD)
 CLEAR_TYPES = frozenset(t for t, cls in RECORDS.items() if not cls.SEALED)  # clear in an encrypted stream

@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import io
 import stat
+import struct
 import sys
 from pathlib import Path
 from typing import NamedTuple
@@ -38,7 +39,7 @@ from rawsend.pipeline import send
 from rawsend.sources.tree import DataChunk, EncodedChunk
 from rawsend.stream.records import (
     CRC_COVERED, FLAG_SKIPPABLE, HEADER_BODY, PREAMBLE, RECORD_HEADER, Base, Chmod, Chown, Compression, Create,
-    End, Extent, Feature, Link, PunchHole, RecordType, RemoveXattr, Rename, Rmdir, SetXattr, Truncate, Unlink,
+    End, Extent, Feature, Label, Link, PunchHole, RecordType, RemoveXattr, Rename, Rmdir, SetXattr, Truncate, Unlink,
     UpdateFile, Utimes,
 )
 
@@ -285,9 +286,9 @@ def damaged(plain: bytes, packed: bytes) -> dict[str, tuple[bytes, Verdict]]:
     assert [st for st, _ in record_spans(base)] == [12, 117, SMALL_2, SMALL_D_F, SMALL_EXTENT, 461]
     d, f = stat.S_IFDIR, stat.S_IFREG
     add("skippable_with_payload",
-        insert(base, 2, frame(48, FLAG_SKIPPABLE, b"a later version's record", b"data")),
+        insert(base, 2, frame(63, FLAG_SKIPPABLE, b"a later version's record", b"data")),
         "Record types: a payload only on EXTENT, known type or not", "MalformedRecord", 2, SMALL_2,
-        reason="type 48 record with a payload")
+        reason="type 63 record with a payload")
     add("lz4_without_feature",
         small(Create(RecordType.MKFILE, 2, 1, b"f", f | 0o644, 0, 0, T1, T1, 64),
               EncodedChunk(Extent(2, 0, 64, 64, 0, len(LZ4_ABCD), Compression.LZ4), LZ4_ABCD)),
@@ -322,7 +323,8 @@ def damaged(plain: bytes, packed: bytes) -> dict[str, tuple[bytes, Verdict]]:
     fix_crc(s, 12)
     growth = "Versioning and extension: "
     out["unknown_optional_feature"] = (refinish(bytes(s)), Verdict(growth + "an unknown optional bit is ignored"))
-    out["skippable_unknown_record"] = (insert(base, 2, frame(48, FLAG_SKIPPABLE, b"a later version's record")),
+    # 63: the last type of the notes range, always skippable and assigned last
+    out["skippable_unknown_record"] = (insert(base, 2, frame(63, FLAG_SKIPPABLE, b"a later version's record")),
                                        Verdict(growth + "an unknown type with SKIPPABLE is skipped"))
     add("unknown_type_not_skippable", insert(base, 2, frame(64, 0, b"a later version's record")),
         growth + "an unknown type without SKIPPABLE", "MalformedRecord", 2, SMALL_2,
@@ -343,6 +345,53 @@ def damaged(plain: bytes, packed: bytes) -> dict[str, tuple[bytes, Verdict]]:
     add("extent_body_longer", reframe(base, 4, extra=bytes(8)),
         growth + "a body longer than its type defines", "MalformedRecord", 4, SMALL_EXTENT,
         reason="extent body is 88 bytes, expected 80")
+    return out
+
+
+# -- LABEL: a note, record 2, always SKIPPABLE ----------------------------------------------------------
+
+LABEL = Label("nightly \u00e9t\u00e9".encode(), b"host.example", b"/srv/data", b"0.1.0")
+
+
+def label_body(label: bytes = LABEL.label, host: bytes = LABEL.host, source: bytes = LABEL.source,
+               version: bytes = LABEL.version, lens: tuple | None = None) -> bytes:
+    """A LABEL body from the spec's table; ``lens`` overrides the four length fields."""
+    lens = lens or (len(label), len(host), len(source), len(version))
+    return struct.pack("<HHHH", *lens) + label + host + source + version
+
+
+def label_vectors() -> dict[str, tuple[bytes, Verdict]]:
+    """good_label (small() with a LABEL, from the writer) and one damaged vector per LABEL rule."""
+    out = {}
+    base = small()
+    good = bytearray()
+    d, f = stat.S_IFDIR, stat.S_IFREG
+    send([Create(RecordType.MKDIR, 1, 0, b"", d | 0o755, 0, 0, T1, T1),
+          Create(RecordType.MKDIR, 2, 1, b"d", d | 0o755, 0, 0, T1, T2),
+          Create(RecordType.MKFILE, 3, 2, b"f", f | 0o644, 0, 0, T1, T1, 6), DataChunk(3, 0, b"hello\n")],
+         good.extend, compression=Compression.NONE, threads=1, stream_id=STREAM_ID, created_ns=CREATED_NS,
+         label=LABEL)
+    # the writer's LABEL is record 2, SKIPPABLE, and exactly the spec's layout
+    assert bytes(good) == insert(base, 2, frame(RecordType.LABEL, FLAG_SKIPPABLE, label_body()))
+    out["good_label"] = (bytes(good), Verdict("LABEL: every rule kept"))
+
+    def add(name, record, rule, expect, index, offset, reason):
+        out[name] = (insert(base, index, record), Verdict("LABEL: " + rule, expect, index, offset, reason))
+
+    skip = FLAG_SKIPPABLE  # the good body is 8 + 13 + 12 + 9 + 5 = 47 bytes ("\u00e9" is 2 bytes)
+    add("label_too_long", frame(48, skip, label_body(b"x" * 1025)), "label_len at most 1024",
+        "LimitExceeded", 2, SMALL_2, "label of 1025 bytes, over 1024")
+    add("label_not_utf8", frame(48, skip, label_body(b"caf\xe9")), "label is UTF-8",
+        "MalformedRecord", 2, SMALL_2, "label is not valid UTF-8 (byte 3)")
+    add("label_host_not_utf8", frame(48, skip, label_body(host=b"h\xffst")), "host is UTF-8",
+        "MalformedRecord", 2, SMALL_2, "host name is not valid UTF-8 (byte 1)")
+    add("label_not_skippable", frame(48, 0, label_body()), "LABEL carries SKIPPABLE",
+        "MalformedRecord", 2, SMALL_2, "label record not marked skippable")
+    add("label_body_longer", frame(48, skip, label_body() + b"!"), "body_len is 8 plus the four lengths",
+        "MalformedRecord", 2, SMALL_2, "label body is 48 bytes, expected 47")
+    # inserted as record 3: it takes the place of d/f, which followed d
+    add("label_out_of_place", frame(48, skip, label_body()), "LABEL is record 2 only",
+        "RecordOrderError", 3, SMALL_D_F, "a label record as record 3")
     return out
 
 
@@ -513,6 +562,7 @@ def vectors() -> dict[str, tuple[bytes, Verdict]]:
            "good_lz4": (build(Compression.LZ4), GOOD), "good_zlib": (build(Compression.ZLIB), GOOD)}
     out.update(damaged(plain, packed))
     out.update(incremental_vectors(plain))
+    out.update(label_vectors())
     return out
 
 
