@@ -24,13 +24,14 @@ from typing import BinaryIO, Iterator
 
 from rawsend.codecs.crypto import check_sealing
 from rawsend.errors import KeyMissing, KeyProblem, MalformedRecord, RawsendError, RecordOrderError, WrongKey
-from rawsend.stream.checker import Limits, StreamChecker, check_clear_rules, check_extent_features
+from rawsend.stream.checker import (
+    CLEAR_RULE_TYPES, Limits, StreamChecker, check_clear_rules, check_extent_features,
+)
 from rawsend.stream.reader import RawRecord, StreamReader
 from rawsend.stream.records import FLAG_SEALED, End, Extent, Feature, Header, RecordType, unpack_body
 
 # per-record code reads these as globals: an IntEnum's class attribute costs several times more
-_HEADER, _END, _TYPE_NAMES, _INCREMENTAL_TYPES = (RecordType.HEADER, RecordType.END, RecordType.NAMES,
-                                                  RecordType.INCREMENTAL)
+_HEADER, _END, _TYPE_NAMES = RecordType.HEADER, RecordType.END, RecordType.NAMES
 
 
 @dataclass(slots=True)
@@ -147,10 +148,10 @@ class CheckedReader:
         header, opener, rtype = self.header, self.opener, raw.type
         try:
             # The guards skip calls that cannot fail: a clear record of a stream that is not
-            # encrypted passes check_sealing, a full stream's own types pass check_clear_rules.
+            # encrypted passes check_sealing, check_clear_rules has rules for few types of a full stream.
             if self._encrypted or raw.flags & FLAG_SEALED:
                 check_sealing(header, raw)
-            if self._incremental or rtype in _INCREMENTAL_TYPES:
+            if self._incremental or rtype in CLEAR_RULE_TYPES:
                 check_clear_rules(header, rtype, raw.index)
             if rtype not in _TYPE_NAMES:  # skippable, of a later version: the reader said so
                 body = opener.open_metadata(raw) if opener is not None else raw.body

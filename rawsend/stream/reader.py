@@ -25,7 +25,9 @@ from rawsend.stream.records import (
 )
 
 # per-record code reads these as globals: an IntEnum's class attribute costs several times more
-_HEADER, _END, _TYPE_NAMES = RecordType.HEADER, RecordType.END, RecordType.NAMES
+_HEADER, _END = RecordType.HEADER, RecordType.END
+# types whose records _check_type passes unless they are marked SKIPPABLE
+_NOT_SKIPPED = frozenset(RecordType.NAMES) - RecordType.ALWAYS_SKIPPABLE
 _HEADER_LEN = RECORD_HEADER.size
 _unpack_header = RECORD_HEADER.unpack
 
@@ -177,7 +179,7 @@ class StreamReader:
                 return
             if rtype == _HEADER:
                 raise RecordOrderError("a second header record", record=rec.index, offset=rec.offset)
-            if rtype not in _TYPE_NAMES or rec.flags & FLAG_SKIPPABLE:
+            if rtype not in _NOT_SKIPPED or rec.flags & FLAG_SKIPPABLE:
                 self._check_type(rec)
             digest(rec.header)  # _account, inline: once per record
             self.record_count += 1
