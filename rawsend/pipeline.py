@@ -270,6 +270,7 @@ def deliver(reader: CheckedReader, sink: Sink, stats: ReceiveStats, progress=Non
             elif type(event) is EndEvent:
                 stats.records = reader.record_count + 1
                 stats.stream_bytes = reader.offset
+                sink.end(event.end)
                 sink.commit()
     except BaseException:
         sink.abort()

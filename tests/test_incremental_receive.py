@@ -1,0 +1,114 @@
+"""receive DEST of tracked and incremental streams, through the command line.
+
+A chain full -> incremental -> incremental -> incremental is sent with `send --state` and
+received into one DEST, which must equal the source after every step; refusals leave DEST as
+it was; a receive killed in its apply, or out of space, leaves DEST at the base or the new tree.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import stat
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import run_rawsend
+from tests.treeutil import diff, snapshot
+
+KiB = 1024
+
+
+def write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+
+
+def send(src: Path, state: Path, out: Path, *args: str) -> None:
+    proc = run_rawsend("send", "--state", str(state), "-o", str(out), *args, str(src))
+    assert proc.returncode == 0, proc.stderr.decode()
+
+
+def receive(stream: Path, dest: Path, *args: str, code: int = 0, env=None) -> str:
+    proc = run_rawsend("receive", "-f", str(stream), *args, str(dest), env=env)
+    assert proc.returncode == code, proc.stderr.decode()
+    return proc.stderr.decode()
+
+
+def header_and_end(stream: Path, *args: str) -> tuple[dict, dict]:
+    proc = run_rawsend("dump", "--json", *args, str(stream))
+    assert proc.returncode == 0, proc.stderr.decode()
+    recs = [json.loads(line) for line in proc.stdout.decode().splitlines()]
+    return recs[0], recs[-1]
+
+
+def state_db(dest: Path) -> Path:
+    return dest.parent / f".{dest.name}.rawsend" / "state.db"
+
+
+def same(a: Path, b: Path) -> None:
+    assert diff(snapshot(a), snapshot(b)) == []
+
+
+@pytest.fixture
+def src(tmp_path):
+    src = tmp_path / "src"
+    write(src / "big", os.urandom(600 * KiB))
+    write(src / "log", b"line\n" * 1000)
+    for i in range(30):
+        write(src / "many" / f"f{i:02}", b"file %d\n" % i)
+    write(src / "a", b"I am a")
+    write(src / "b", b"I am b")
+    write(src / "linked", b"two names")
+    (src / "dir").mkdir()
+    os.link(src / "linked", src / "dir" / "linked2")
+    os.setxattr(src / "a", "user.note", b"kept")
+    fd = os.open(src / "sparse", os.O_WRONLY | os.O_CREAT, 0o640)
+    os.pwrite(fd, b"x" * 4096, 256 * KiB)
+    os.ftruncate(fd, 1024 * KiB)
+    os.close(fd)
+    (src / "sym").symlink_to("a")
+    return src
+
+
+# -- step 1: a full tracked receive records what DEST holds ---------------------------------
+
+def test_full_tracked_receive_records_the_stream_and_every_file(tmp_path, src):
+    state, dest = tmp_path / "STATE", tmp_path / "dest"
+    send(src, state, tmp_path / "full.rs")
+    receive(tmp_path / "full.rs", dest)
+    same(src, dest)
+    header, end = header_and_end(tmp_path / "full.rs")
+    db = sqlite3.connect(state_db(dest))
+    (stream_id, digest, next_id), = db.execute("SELECT stream_id, digest, next_id FROM chain")
+    assert (stream_id.hex(), digest.hex()) == (header["stream_id"], end["digest"])
+    files = {i: (t, ino, size, mtime) for i, t, ino, size, mtime in db.execute("SELECT * FROM files")}
+    names = {(p, bytes(n)): i for p, n, i in db.execute("SELECT * FROM names")}
+    assert next_id == len(files) + 1
+
+    def path_of(fid):  # the manifest's names, walked up to the root
+        for (parent, name), i in names.items():
+            if i == fid:
+                return path_of(parent) / os.fsdecode(name)
+        return dest
+    seen = set()
+    for fid, (kind, ino, size, mtime) in files.items():
+        for (parent, name), i in names.items():
+            if i == fid:
+                st = os.lstat(path_of(parent) / os.fsdecode(name))
+                seen.add(os.path.relpath(path_of(parent) / os.fsdecode(name), dest))
+                assert (stat.S_IFMT(st.st_mode), st.st_ino, st.st_mtime_ns) == (kind, ino, mtime)
+                if stat.S_ISREG(st.st_mode):
+                    assert size == st.st_size
+    walked = {os.path.relpath(os.path.join(d, n), dest) for d, ds, fs in os.walk(dest) for n in ds + fs}
+    assert seen == walked
+    assert os.listxattr(dest) == []  # nothing on DEST itself that a tree comparison would see
+
+
+def test_untracked_full_receive_records_nothing(tmp_path, src):
+    proc = run_rawsend("send", "-o", str(tmp_path / "plain.rs"), str(src))
+    assert proc.returncode == 0
+    receive(tmp_path / "plain.rs", tmp_path / "dest")
+    assert not (tmp_path / ".dest.rawsend").exists()
