@@ -112,3 +112,87 @@ def test_untracked_full_receive_records_nothing(tmp_path, src):
     assert proc.returncode == 0
     receive(tmp_path / "plain.rs", tmp_path / "dest")
     assert not (tmp_path / ".dest.rawsend").exists()
+
+
+# -- step 2: a chain through send --state | receive DEST --------------------------------------
+
+def change_1(src: Path) -> None:
+    """Overwrites inside a file, an append, a renamed directory, deletes, links, attributes, a swap."""
+    with open(src / "log", "ab") as f:
+        f.write(b"appended\n" * 100)
+    fd = os.open(src / "big", os.O_WRONLY)
+    os.pwrite(fd, os.urandom(4 * KiB), 300 * KiB)
+    os.close(fd)
+    os.rename(src / "many", src / "moved")
+    for i in range(0, 30, 3):
+        os.unlink(src / "moved" / f"f{i:02}")
+    os.link(src / "b", src / "b_link")
+    os.unlink(src / "dir" / "linked2")
+    os.chmod(src / "a", 0o600)
+    os.chown(src / "b", 1234, 5678)
+    os.setxattr(src / "a", "user.note", b"changed")
+    os.setxattr(src / "dir", "user.on_dir", b"d")
+    os.rename(src / "a", src / "t")
+    os.rename(src / "b", src / "a")
+    os.rename(src / "t", src / "b")
+
+
+def change_2(src: Path) -> None:
+    """A shrink, a hole punched, a directory removed, a rewritten hard-linked file, a new tree."""
+    os.truncate(src / "log", 1000)
+    fd = os.open(src / "sparse", os.O_WRONLY)
+    os.pwrite(fd, b"y" * 8192, 0)
+    os.close(fd)
+    for name in os.listdir(src / "moved"):
+        os.unlink(src / "moved" / name)
+    os.rmdir(src / "moved")
+    with open(src / "a", "ab") as f:                                # "a" has two names: a and b_link
+        f.write(b" and more")
+    write(src / "new" / "deep" / "file", os.urandom(200 * KiB))
+    os.link(src / "new" / "deep" / "file", src / "new" / "file_link")
+    (src / "new" / "sym").symlink_to("deep/file")
+    os.removexattr(src / "b", "user.note")
+
+
+def change_3(src: Path) -> None:
+    """Type changes, a directory moved below another, a symlink retargeted, a read-only directory."""
+    os.unlink(src / "log")
+    write(src / "log" / "now_a_dir", b"x")
+    os.rename(src / "new", src / "dir" / "new")
+    os.unlink(src / "sym")
+    (src / "sym").symlink_to("somewhere/else")
+    os.utime(src / "sym", ns=(1_000_000_000, 2_000_000_000), follow_symlinks=False)
+    os.chmod(src / "dir", 0o555)
+    write(src / "big", os.urandom(10 * KiB))
+
+
+CHANGES = [change_1, change_2, change_3]
+
+
+@pytest.fixture
+def key(tmp_path):
+    path = tmp_path / "key"
+    assert run_rawsend("keygen", "-o", str(path)).returncode == 0
+    return path
+
+
+@pytest.mark.parametrize("encrypted", [False, True], ids=["plain", "encrypted"])
+def test_a_chain_of_incrementals_leaves_dest_equal_to_the_source_at_every_step(tmp_path, src, key, encrypted):
+    state, dest = tmp_path / "STATE", tmp_path / "dest"
+    send_args = ("--encrypt", str(key)) if encrypted else ()
+    recv_args = ("--key-file", str(key)) if encrypted else ()
+    send(src, state, tmp_path / "s0.rs", *send_args)
+    receive(tmp_path / "s0.rs", dest, *recv_args)
+    same(src, dest)
+    for n, change in enumerate(CHANGES, 1):
+        change(src)
+        send(src, state, tmp_path / f"s{n}.rs", *send_args)
+        err = receive(tmp_path / f"s{n}.rs", dest, *recv_args)
+        assert "applied" in err
+        same(src, dest)
+        info = json.loads(run_rawsend("status", "--json", str(dest), check=True).stdout)
+        header, end = header_and_end(tmp_path / f"s{n}.rs", *(a for a in recv_args))
+        assert (info["stream_id"], info["digest"], info["chain_length"], info["pending"]) == (
+            header["stream_id"], end["digest"], n + 1, False)
+        assert info["encrypted"] is encrypted
+    assert not [p for p in os.listdir(tmp_path / ".dest.rawsend") if p not in ("state.db", "lock")]

@@ -165,8 +165,8 @@ def _run(op, dirs: DirOpener, stage_fd: int) -> None:
     kind = op[0]
     if kind == "place":  # a staged inode to its place
         _, sname, path, name, ino = op
-        if _ino(stage_fd, dec(sname)) == ino:
-            renameat2(stage_fd, dec(sname), dirs.get(_p(path)), dec(name), RENAME_NOREPLACE)
+        if _ino(stage_fd, sname.encode()) == ino:
+            renameat2(stage_fd, sname.encode(), dirs.get(_p(path)), dec(name), RENAME_NOREPLACE)
     elif kind in ("rename", "link"):
         _, path, name, to_path, to_name, ino = op
         src_fd = dirs.get(_p(path))
@@ -191,8 +191,8 @@ def _run(op, dirs: DirOpener, stage_fd: int) -> None:
     elif kind == "swap":  # a rewritten file takes the place of its old inode
         _, sname, new_ino, path, name, old_ino = op
         fd = dirs.get(_p(path))
-        if _ino(stage_fd, dec(sname)) == new_ino and _ino(fd, dec(name)) == old_ino:
-            renameat2(stage_fd, dec(sname), fd, dec(name), RENAME_EXCHANGE)
+        if _ino(stage_fd, sname.encode()) == new_ino and _ino(fd, dec(name)) == old_ino:
+            renameat2(stage_fd, sname.encode(), fd, dec(name), RENAME_EXCHANGE)
     elif kind == "attr":
         _, path, name, ino, what, args = op
         fd = dirs.get(_p(path))
@@ -238,9 +238,9 @@ def write(sdir: Path, journal: dict) -> Path:
 
 
 def execute(state, journal: dict, jpath: Path, *, sync: bool = True) -> None:
-    """Run the journal's operations from the first not known to be done, record what DEST now holds,
-    then remove the journal and the staging directory."""
-    from rawsend.sinks.deststate import Held
+    """Run the journal's operations from the first not known to be done, record what DEST now holds
+    (one lstat per file the stream touched), then remove the journal and the staging directory."""
+    from rawsend.sinks.deststate import FileRow, Held, row_of
     sdir = state.dir
     stage = sdir / journal["stage"]
     try:
@@ -264,14 +264,24 @@ def execute(state, journal: dict, jpath: Path, *, sync: bool = True) -> None:
             os.pwrite(progress_fd, PROGRESS.pack(i + 1), 0)  # a hint; every operation is idempotent
             test_hook(f"op:{i + 1}")
         test_hook("ops")
+        if sync:
+            syncfs(state.dest_fd)  # the operations are on disk before the state says so
+        rows = []
+        for file_id, path, name in journal["stat"]:
+            if path is None:  # a special file that was skipped: its type, nothing on disk
+                rows.append((file_id, FileRow(name, 0, 0, 0)))
+                continue
+            try:
+                fd = dirs.get(_p(path))
+                st = os.fstat(fd) if name is None else os.stat(dec(name), dir_fd=fd, follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            rows.append((file_id, row_of(st)))
         h = journal["held"]
         held = Held(0, bytes.fromhex(h["stream_id"]), bytes.fromhex(h["digest"]), h["first_id"], h["next_id"],
                     h["created_ns"], h["received_ns"], bytes.fromhex(h["key_id"]) if h["key_id"] else None)
-        if sync:
-            syncfs(state.dest_fd)  # the operations are on disk before the state says so
-        m = journal["manifest"]
-        state.record_apply(held, m["removed"], [tuple(r) for r in m["upserts"]],
-                           {int(i): [(p, bytes.fromhex(n)) for p, n in ns] for i, ns in m["names"].items()})
+        names = {int(i): [(p, bytes.fromhex(n)) for p, n in ns] for i, ns in journal["names"].items()}
+        state.record_apply(held, journal["removed"], rows, names)
         test_hook("db")
     finally:
         dirs.clear()
@@ -291,7 +301,7 @@ def roll_forward(state, jpath: Path) -> bytes:
     """Complete an interrupted commit phase; the stream id it applied."""
     try:
         journal = json.loads(jpath.read_bytes())
-        ok = journal.get("version") == JOURNAL_VERSION and bytes.fromhex(journal["token"]) == state.token
+        ok = journal.get("version") == JOURNAL_VERSION and journal["root_ino"] == os.fstat(state.dest_fd).st_ino
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise DestStateError(f"the journal of an interrupted apply cannot be read: {e}", path=str(jpath),
                              hint="DEST may be half changed: receive a full stream into a new DEST") from None
