@@ -196,3 +196,107 @@ def test_a_chain_of_incrementals_leaves_dest_equal_to_the_source_at_every_step(t
             header["stream_id"], end["digest"], n + 1, False)
         assert info["encrypted"] is encrypted
     assert not [p for p in os.listdir(tmp_path / ".dest.rawsend") if p not in ("state.db", "lock")]
+
+
+# -- refusals: DEST unchanged -------------------------------------------------------------------
+
+@pytest.fixture
+def chain(tmp_path, src):
+    """DEST holding s0; streams s1 (against s0) and s2 (against s1) sent from src."""
+    state, dest = tmp_path / "STATE", tmp_path / "dest"
+    send(src, state, tmp_path / "s0.rs")
+    receive(tmp_path / "s0.rs", dest)
+    for n, change in enumerate(CHANGES[:2], 1):
+        change(src)
+        send(src, state, tmp_path / f"s{n}.rs")
+    ids = [header_and_end(tmp_path / f"s{n}.rs")[0]["stream_id"] for n in range(3)]
+    return dest, ids
+
+
+def unchanged(dest: Path, before: dict) -> None:
+    assert diff(before, snapshot(dest)) == []
+    assert sorted(os.listdir(dest.parent / f".{dest.name}.rawsend")) == ["lock", "state.db"]
+
+
+def test_a_stream_against_another_base_is_refused_naming_both_and_the_resend(tmp_path, chain):
+    dest, (s0, s1, s2) = chain
+    before = snapshot(dest)
+    err = receive(tmp_path / "s2.rs", dest, code=3)
+    assert f"DEST holds stream {s0}, and this stream changes stream {s1}" in err
+    assert f"rawsend send --state STATE --parent {s0} SRC" in err
+    unchanged(dest, before)
+
+
+def test_a_stream_applied_twice_and_an_older_after_a_newer_are_refused(tmp_path, chain):
+    dest, (s0, s1, s2) = chain
+    receive(tmp_path / "s1.rs", dest)
+    receive(tmp_path / "s2.rs", dest)
+    before = snapshot(dest)
+    err = receive(tmp_path / "s2.rs", dest, code=3)
+    assert f"DEST holds this stream already (stream {s2})" in err
+    unchanged(dest, before)
+    err = receive(tmp_path / "s1.rs", dest, code=3)
+    assert f"DEST holds stream {s2}, and this stream ({s1}) was applied before it: it is older" in err
+    unchanged(dest, before)
+    assert json.loads(run_rawsend("status", "--json", str(dest), check=True).stdout)["chain"] == [s0, s1, s2]
+
+
+def test_an_incremental_into_a_dest_without_state_is_refused(tmp_path, chain):
+    dest, (s0, s1, s2) = chain
+    other = tmp_path / "other"
+    proc = run_rawsend("send", "-o", str(tmp_path / "plain.rs"), str(dest))
+    assert proc.returncode == 0
+    receive(tmp_path / "plain.rs", other)
+    before = snapshot(other)
+    err = receive(tmp_path / "s1.rs", other, code=3)
+    assert f"DEST holds no tree received from a tracked stream, and this stream changes stream {s0}" in err
+    assert diff(before, snapshot(other)) == []
+    receive(tmp_path / "s1.rs", tmp_path / "absent", code=3)
+    assert not (tmp_path / "absent").exists()
+
+
+def test_a_locally_modified_file_is_refused_by_name_unless_force(tmp_path, chain, src):
+    dest, _ = chain
+    receive(tmp_path / "s1.rs", dest)
+    # s2 appends to "a" (and b_link): a local change there is refused; one elsewhere is not looked at
+    os.utime(dest / "sym", ns=(5, 5), follow_symlinks=False)
+    with open(dest / "a", "ab") as f:
+        f.write(b"local")
+    before = snapshot(dest)
+    err = receive(tmp_path / "s2.rs", dest, code=3)
+    assert "a file the stream changes was modified since DEST received it (size, mtime differ)" in err
+    assert f"path '{dest / 'a'}'" in err
+    assert "--force" in err
+    unchanged(dest, before)
+    receive(tmp_path / "s2.rs", dest, "--force")
+    expect = snapshot(src)
+    expect["sym"]["mtime_ns"] = 5  # the local change s2 does not touch stays
+    assert diff(expect, snapshot(dest)) == []
+
+
+def test_a_directory_changed_locally_is_refused_even_with_force(tmp_path, chain):
+    dest, _ = chain
+    receive(tmp_path / "s1.rs", dest)
+    write(dest / "moved" / "local", b"mine")                       # s2 removes moved/
+    before = snapshot(dest)
+    for args in ((), ("--force",)):
+        err = receive(tmp_path / "s2.rs", dest, *args, code=3)
+        assert f"a directory the stream changes was changed since DEST received it" in err
+        assert f"path '{dest / 'moved'}'" in err
+        unchanged(dest, before)
+
+
+def test_an_incremental_sealed_with_another_key_than_given_is_refused(tmp_path, src, key):
+    other = tmp_path / "other_key"
+    assert run_rawsend("keygen", "-o", str(other)).returncode == 0
+    state, dest = tmp_path / "STATE", tmp_path / "dest"
+    send(src, state, tmp_path / "s0.rs", "--encrypt", str(key))
+    receive(tmp_path / "s0.rs", dest, "--key-file", str(key))
+    change_1(src)
+    send(src, state, tmp_path / "s1.rs", "--encrypt", str(other))
+    before = snapshot(dest)
+    err = receive(tmp_path / "s1.rs", dest, "--key-file", str(key), code=4)
+    assert "key" in err
+    unchanged(dest, before)
+    receive(tmp_path / "s1.rs", dest, "--key-file", str(other))   # its own key: a chain need not use one key
+    same(src, dest)

@@ -472,7 +472,7 @@ class ChangeApplier:
                           dir_fd=self._base_dir_fd(where[:-1]))
         except OSError as e:
             raise LocallyModified(f"a file the stream changes cannot be opened: {e.strerror}",
-                                  path=escape(os.path.join(os.fsencode(self.dest), *where))) from None
+                                  path=os.fsdecode(os.path.join(os.fsencode(self.dest), *where))) from None
         sname = f"u{file_id}"
         try:
             st = os.fstat(src)
@@ -544,7 +544,7 @@ class ChangeApplier:
         if (found.type, found.ino, found.size, found.mtime_ns) == (
                 node.base.type, node.base.ino, node.base.size, node.base.mtime_ns):
             return
-        path = escape(os.path.join(os.fsencode(self.dest), *where))
+        path = os.fsdecode(os.path.join(os.fsencode(self.dest), *where))
         if node.type == stat.S_IFDIR and found.type == stat.S_IFDIR and found.ino == node.base.ino:
             raise LocallyModified("a directory the stream changes was changed since DEST received it"
                                   " (entries added or removed)", path=path,
@@ -573,10 +573,10 @@ class ChangeApplier:
                     st = os.stat(where[-1], dir_fd=self._base_dir_fd(where[:-1]), follow_symlinks=False)
             except FileNotFoundError:
                 raise LocallyModified("a file the stream changes was removed since DEST received it",
-                                      path=escape(os.path.join(os.fsencode(self.dest), *where))) from None
+                                      path=os.fsdecode(os.path.join(os.fsencode(self.dest), *where))) from None
             except OSError as e:
                 raise LocallyModified(f"a file the stream changes cannot be looked at: {e.strerror}",
-                                      path=escape(os.path.join(os.fsencode(self.dest), *where))) from None
+                                      path=os.fsdecode(os.path.join(os.fsencode(self.dest), *where))) from None
             self._check(file_id, node, st, where)
 
     def _staged_attrs(self) -> None:
