@@ -96,7 +96,14 @@ class ChangeApplier:
 
     def begin(self, header) -> None:
         self.header = header
+        refusal = WrongBase("the stream is incremental, and DEST holds no tree received from a tracked stream"
+                            " for it to change", path=str(self.dest),
+                            hint="receive the chain's full stream (the first send --state) into a new DEST first")
+        if not os.path.lexists(self.dest):
+            raise refusal
         self.state = DestState.open(self.dest)
+        if self.state is None:  # refused at the header, before any record
+            raise refusal
 
     def base(self, rec) -> None:
         self.base_rec = rec
