@@ -597,14 +597,17 @@ def _btrfs_send_summary(report) -> str:
                    " matching directory, and their parent directories.")
 @click.option("--store", "into_store", is_flag=True,
               help="DEST is a store (created if missing): keep the stream verbatim, encrypted or not; no key needed.")
+@click.option("--force", is_flag=True,
+              help="Incremental stream: apply it also over files changed in DEST since it was received.")
 def receive(dest, input_path, key_files, preserve_owner, preserve_special, preserve_devices, max_bytes, max_files,
-            max_depth, no_sync, no_raw, progress, includes, into_store):
+            max_depth, no_sync, no_raw, progress, includes, into_store, force):
     """Rebuild the tree from a stream on stdin into DEST (which must not exist, or be empty).
 
     With --store, add the stream as it is to the store DEST instead.
     """
     from rawsend.pipeline import receive as do_receive
     from rawsend.progress import Progress, counted, stream_size
+    from rawsend.sinks.dest import DestSink
     from rawsend.sinks.tree import TreeSink
     from rawsend.stream.checker import Limits
 
@@ -619,18 +622,20 @@ def receive(dest, input_path, key_files, preserve_owner, preserve_special, prese
         given = [name for name, value in (("--key-file", key_files), ("--preserve-owner", preserve_owner is not None),
                                           ("--preserve-special", preserve_special),
                                           ("--preserve-devices", preserve_devices), ("--no-sync", no_sync),
-                                          ("--include", includes)) if value]
+                                          ("--include", includes), ("--force", force)) if value]
         if given:
             raise click.UsageError(f"{', '.join(given)} cannot apply with --store: a store keeps the stream as it"
                                    " came (verify STORE --key-file authenticates it)")
         _receive_store(dest, input_path, limits, progress)
         return
-    sink = TreeSink(dest, preserve_owner=preserve_owner, preserve_special=preserve_special,
-                    preserve_devices=preserve_devices, sync=not no_sync, encoded_writes=not no_raw)
+    options = dict(preserve_owner=preserve_owner, preserve_special=preserve_special,
+                   preserve_devices=preserve_devices, sync=not no_sync, encoded_writes=not no_raw)
     selected = None
-    if includes:
+    if includes:  # a selection of a tree: not one an incremental stream can change later
         from rawsend.sinks.select import SelectSink
-        sink = selected = SelectSink(sink, includes)
+        sink = selected = SelectSink(TreeSink(dest, track=False, **options), includes)
+    else:
+        sink = DestSink(dest, force=force, **options)
     keyring = _load_keyring(key_files)
     started = time.monotonic()
     with _open_input(input_path) as stream, _on_interrupt(f"nothing was kept: {dest} is as it was"):
@@ -672,10 +677,56 @@ def receive(dest, input_path, key_files, preserve_owner, preserve_special, prese
     if sink.report.unchecked_extents:
         extra.append(f"{_n(sink.report.unchecked_extents, 'LZO extent')} written without a decode check "
                      "(install rawsend[lzo] to check them)")
+    if stats.changes:
+        _note(f"applied {_n(stats.changes, 'change')}, {_n(stats.files, 'new file')}, {_n(stats.dirs, 'new dir')},"
+              f" {_human(stats.logical_bytes)} of data ({_n(stats.extents, 'extent')},"
+              f" {_human(stats.stream_bytes)} of stream) to {dest} in {elapsed:.2f} s"
+              + ("; " + "; ".join(extra) if extra else ""))
+        return
     _note(f"received {_n(stats.files, 'file')}, {_n(stats.dirs, 'dir')}, {_n(stats.symlinks, 'symlink')}, "
          f"{_n(stats.hardlinks, 'hard link')}, {_human(stats.logical_bytes)} of data "
          f"({_n(stats.extents, 'extent')}, {_human(stats.stream_bytes)} of stream) into {dest} in {elapsed:.2f} s"
          + ("; " + "; ".join(extra) if extra else ""))
+
+
+# -- status DEST: what a received tree holds ---------------------------------------------------
+
+@main.command()
+@click.argument("dest", type=click.Path())
+@click.option("--json", "as_json", is_flag=True, help="One JSON object instead of text.")
+def status(dest, as_json):
+    """Say which stream DEST holds and whether an interrupted apply was pending (which it completes)."""
+    from rawsend.sinks.deststate import DestState
+
+    state = DestState.open(dest, recover=False)
+    if state is None:
+        if as_json:
+            echo(json_line({"dest": os.path.abspath(dest), "tracked": False}))
+        else:
+            echo(f"{dest}: holds no tree received from a tracked stream (send --state)")
+        return
+    with state:
+        pending = state.pending
+        state.recover()
+        chain, held = state.chain, state.held
+        info = {"dest": os.path.abspath(dest), "tracked": True, "stream_id": held.stream_id.hex(),
+                "digest": held.digest.hex(), "created": _utc(held.created_ns), "received": _utc(held.received_ns),
+                "chain_length": len(chain), "chain": [h.stream_id.hex() for h in chain],
+                "files": state.file_count(), "next_id": held.next_id,
+                "encrypted": held.key_id is not None, "key_id": held.key_id.hex() if held.key_id else None,
+                "pending": pending,
+                "rolled_forward": state.rolled_forward.hex() if state.rolled_forward else None}
+    if as_json:
+        echo(json_line(info))
+        return
+    echo(f"{dest}: holds stream {info['stream_id']} (created {info['created']}, received {info['received']})")
+    echo(f"  chain of {_n(len(chain), 'stream')}: " + " -> ".join(info["chain"]))
+    echo(f"  {_n(info['files'], 'file')}, next file id {held.next_id}"
+         + (f", encrypted with key {info['key_id']}" if info["encrypted"] else ""))
+    if pending:
+        echo(f"  an interrupted apply was pending: completed now, DEST holds stream {info['rolled_forward']}")
+    else:
+        echo("  no interrupted apply pending")
 
 
 # -- store: receive --store, send/verify STORE, ls --------------------------------------------

@@ -201,6 +201,26 @@ class StoreError(LocalError):
     """store problem: {detail}"""
 
 
+# -- a destination that holds an earlier tree: incremental receives (exit 3) -------------
+
+class WrongBase(DestinationError):
+    """{detail}"""
+
+    # DEST holds another stream than the one an incremental stream changes: nothing was changed
+
+
+class LocallyModified(DestinationError):
+    """{detail}"""
+
+    hint = "nothing was changed; receive with --force to apply the stream over the local changes"
+
+
+class DestStateError(DestinationError):
+    """{detail}"""
+
+    # the state beside DEST (.DEST.rawsend/) cannot be read, is in use, or does not fit DEST
+
+
 class DecoderMissing(LocalError):
     """cannot decode-check here: {detail}"""
 

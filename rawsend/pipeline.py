@@ -282,6 +282,7 @@ def deliver(reader: CheckedReader, sink: Sink, stats: ReceiveStats, progress=Non
             elif kind is EndEvent:
                 stats.records = reader.record_count + 1
                 stats.stream_bytes = reader.offset
+                sink.end(event.end)
                 sink.commit()
     except BaseException:
         sink.abort()

@@ -101,6 +101,9 @@ class SelectSink:
         if rec.file_id in self._created:
             self.inner.extent_encoded(rec, payload)
 
+    def end(self, end) -> None:
+        self.inner.end(end)
+
     def commit(self) -> None:
         self.inner.commit()
 

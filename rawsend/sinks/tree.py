@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import errno
 import os
+import sqlite3
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from rawsend import btrfs
-from rawsend.errors import DestinationError, MalformedRecord, RawsendError
+from rawsend.errors import DestinationError, DestStateError, MalformedRecord, RawsendError
 from rawsend.fsutil import syncfs
+from rawsend.sinks import deststate
 from rawsend.sinks.extents import EncodedWriter, ExtentWriter, PwriteWriter
 from rawsend.sinks.namespace import Namespace
 from rawsend.sinks.policy import MetadataPolicy
@@ -51,7 +53,7 @@ class TreeReport:
 class TreeSink:
     def __init__(self, dest: str | Path, *, preserve_owner: bool | None = None,
                  preserve_special: bool = False, preserve_devices: bool = False, sync: bool = True,
-                 encoded_writes: bool = True):
+                 encoded_writes: bool = True, track: bool = True):
         self.ns = Namespace(dest)
         self.dest = self.ns.dest
         self.report = TreeReport()
@@ -65,6 +67,13 @@ class TreeSink:
         self.writer: ExtentWriter = PwriteWriter(self.report, btrfs.NO_RAW)  # picked in begin()
         # (uid, gid) every new file gets here, when that is ours (set in begin())
         self._owner_as_created: tuple[int, int] | None = None
+        # a tracked stream: what DEST will hold is recorded beside it (deststate), unless
+        # only a selection of the tree is received
+        self.track = track
+        self.recorder: deststate.Recorder | None = None
+        self._header = None
+        self._end = None
+        self._creates = 0
 
     # -- set-up and tear-down ---------------------------------------------------------------
 
@@ -74,6 +83,13 @@ class TreeSink:
                                    " receiver builds only new trees from full streams",
                                    hint="receive a full stream (rawsend send without --state) into a new DEST")
         fd = self.ns.begin()
+        self._header = header
+        if self.track and header.optional_features & Feature.TRACKED:
+            try:
+                self.recorder = deststate.Recorder(self.dest)
+            except (OSError, sqlite3.Error) as e:
+                raise DestinationError(f"cannot record what DEST holds: {e.strerror}",
+                                       path=str(deststate.state_dir(self.dest))) from None
         self.writer = self._pick_writer(fd)
         st = os.fstat(fd)
         # new files get our euid and, also below a setgid or grpid directory, this gid
@@ -92,6 +108,9 @@ class TreeSink:
 
     def abort(self) -> None:
         self._close_file()
+        if self.recorder is not None:
+            self.recorder.abort()
+            self.recorder = None
         self.ns.abort()
 
     def _close_file(self) -> None:
@@ -110,6 +129,9 @@ class TreeSink:
         self._finish_file()
         self.ns.add(rec)
         self._cur_id, self._cur_rec = rec.file_id, rec
+        self._creates += 1
+        if self.recorder is not None and rec.file_id != ROOT_ID:
+            self.recorder.name(rec.parent_id, rec.name, rec.file_id)
         if rec.file_id == ROOT_ID:
             self.ns.dirs.append(ROOT_ID)
             return
@@ -129,13 +151,21 @@ class TreeSink:
             elif rec.type == _SYMLINK:
                 os.symlink(rec.target, rec.name, dir_fd=parent_fd)
                 self._apply_symlink_meta(rec, parent_fd)
+                self._record_entry(rec, parent_fd)
             elif rec.type == _MKNOD:
                 self._mknod(rec, parent_fd)
         except OSError as e:
             raise self._os_error(e, rec.file_id) from None
 
+    def _record_entry(self, rec: Create, parent_fd: int) -> None:
+        if self.recorder is not None:
+            self.recorder.file(rec.file_id, deststate.row_of(os.stat(rec.name, dir_fd=parent_fd,
+                                                                     follow_symlinks=False)))
+
     def _mknod(self, rec: Create, parent_fd: int) -> None:
         if not self.policy.special_allowed(rec):
+            if self.recorder is not None:  # its name is held, its inode is not on disk
+                self.recorder.file(rec.file_id, deststate.FileRow(stat.S_IFMT(rec.mode), 0, 0, rec.mtime_ns))
             return
         os.mknod(rec.name, stat.S_IFMT(rec.mode) | 0o600, rec.size, dir_fd=parent_fd)
         if self.policy.preserve_owner:
@@ -143,6 +173,7 @@ class TreeSink:
         # after chown, which clears setuid and setgid; mknod's mode went through the umask
         os.chmod(rec.name, self.policy.mode(rec), dir_fd=parent_fd, follow_symlinks=False)
         os.utime(rec.name, ns=(rec.atime_ns, rec.mtime_ns), dir_fd=parent_fd, follow_symlinks=False)
+        self._record_entry(rec, parent_fd)
 
     def _apply_symlink_meta(self, rec: Create, parent_fd: int) -> None:
         if self.policy.preserve_owner:
@@ -152,6 +183,8 @@ class TreeSink:
     def link(self, rec: Link) -> None:
         self._finish_file()
         self._cur_id, self._cur_rec = 0, None
+        if self.recorder is not None:
+            self.recorder.name(rec.parent_id, rec.name, rec.file_id)
         src = self.ns.nodes[rec.file_id]
         try:
             src_fd = self.ns.dir_fd(src.parent_id)
@@ -223,6 +256,8 @@ class TreeSink:
             self.writer.finish_file()
             os.fchmod(fd, self.policy.mode(rec))
             os.utime(fd, ns=(rec.atime_ns, rec.mtime_ns))
+            if self.recorder is not None:
+                self.recorder.file(rec.file_id, deststate.row_of(os.fstat(fd)))
         except OSError as e:
             raise self._os_error(e, rec.file_id) from None
         finally:
@@ -240,13 +275,35 @@ class TreeSink:
                     os.fchown(fd, rec.uid, rec.gid)
                 os.fchmod(fd, self.policy.mode(rec))
                 os.utime(fd, ns=(rec.atime_ns, rec.mtime_ns))
+                if self.recorder is not None:
+                    self.recorder.file(dir_id, deststate.row_of(os.fstat(fd)))
             if self.sync:
                 # Also where a failed encoded write shows: its data goes to disk after the
                 # ioctl returned, and syncfs commits the transaction and reports its error.
                 syncfs(self.ns.root_fd)
         except OSError as e:
             raise self._os_error(e, 0) from None
+        if self.recorder is not None:
+            # before the rename, which keeps the inode: a DEST in place always has its state
+            self._commit_state()
         self.ns.rename_into_place(self.sync)
+
+    def end(self, end) -> None:
+        """END, checked: its digest names the tree a later incremental stream changes."""
+        self._end = end
+
+    def _commit_state(self) -> None:
+        header = self._header
+        held = deststate.Held(0, header.stream_id, self._end.digest, 2, self._creates + 1, header.created_ns,
+                              deststate.now_ns(), header.key_id if header.encrypted else None)
+        try:
+            self.recorder.commit(os.fstat(self.ns.root_fd), held)
+        except OSError as e:
+            raise self._os_error(e, 0) from None
+        except sqlite3.Error as e:
+            raise DestStateError(f"cannot record what DEST holds: {e}",
+                                 path=str(deststate.state_dir(self.dest))) from None
+        self.recorder = None
 
     def _os_error(self, e: OSError, file_id: int) -> RawsendError:
         path = self.ns.where(file_id)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from rawsend.stream.records import (
-    Base, Chmod, Chown, Create, Extent, Header, Link, PunchHole, RemoveXattr, Rename, Rmdir, SetXattr, Truncate,
+    Base, Chmod, Chown, Create, End, Extent, Header, Link, PunchHole, RemoveXattr, Rename, Rmdir, SetXattr, Truncate,
     Unlink, UpdateFile, Utimes,
 )
 
@@ -34,6 +34,9 @@ class Sink(Protocol):
 
     def extent_encoded(self, rec: Extent, payload) -> None:
         """The extent's payload as it was encoded (opened, when it was sealed)."""
+
+    def end(self, end: End) -> None:
+        """The checked END record, right before commit (its digest names the stream's tree)."""
 
     def commit(self) -> None:
         """END checked: make the result permanent."""
@@ -92,5 +95,6 @@ class NullSink:
     def remove_xattr(self, rec): pass
     def update_file(self, rec): pass
     def punch_hole(self, rec): pass
+    def end(self, end): pass
     def commit(self): pass
     def abort(self): pass
