@@ -31,7 +31,7 @@ from rawsend.fsutil import data_regions, syncfs
 from rawsend.sinks import journal
 from rawsend.sinks.deststate import DestState, FileRow, Held, now_ns, row_of, state_dir
 from rawsend.sinks.dirfds import openat2_dir, openat2_works, DIR_FLAGS, DirCache
-from rawsend.sinks.extents import EncodedWriter, ExtentWriter, PwriteWriter
+from rawsend.sinks.extents import ExtentWriter, PwriteWriter, pick_writer
 from rawsend.sinks.namespace import remove_tree
 from rawsend.stream.records import ROOT_ID, Compression, RecordType
 from rawsend.text import escape
@@ -157,16 +157,7 @@ class ChangeApplier:
             raise DestinationError("DEST is on another filesystem than its parent directory (a mount point):"
                                    " files are staged beside DEST and renamed into it", path=str(self.dest),
                                    hint="receive into a directory below the mount point")
-        self.writer = self._pick_writer(self.stage_fd)
-
-    def _pick_writer(self, fd: int) -> ExtentWriter:
-        if not self.encoded_writes:
-            return PwriteWriter(self.report, btrfs.NO_RAW)
-        if not btrfs.is_btrfs(fd):
-            return PwriteWriter(self.report, btrfs.NOT_BTRFS)
-        if not btrfs.has_cap_sys_admin():
-            return PwriteWriter(self.report, btrfs.NO_CAP)
-        return EncodedWriter(self.report, btrfs.sector_size(fd))
+        self.writer = pick_writer(self.stage_fd, self.report, self.encoded_writes)
 
     # -- the model ---------------------------------------------------------------------------
 

@@ -181,3 +181,15 @@ class EncodedWriter:
             unencoded_len=rec.unencoded_len, unencoded_offset=rec.unencoded_offset,
             compression=rec.compression, sector_size=self.sector_size, dest_size=self._size,
             nodatasum=self._nodatasum)
+
+
+def pick_writer(fd: int, counts: ExtentCounts, encoded_writes: bool) -> ExtentWriter:
+    """Encoded writes where they can be tried on ``fd``'s filesystem, else pwrite and the reason
+    they cannot (the tree sink and the incremental applier pick alike)."""
+    if not encoded_writes:
+        return PwriteWriter(counts, btrfs.NO_RAW)
+    if not btrfs.is_btrfs(fd):
+        return PwriteWriter(counts, btrfs.NOT_BTRFS)
+    if not btrfs.has_cap_sys_admin():
+        return PwriteWriter(counts, btrfs.NO_CAP)
+    return EncodedWriter(counts, btrfs.sector_size(fd))

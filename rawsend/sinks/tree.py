@@ -20,7 +20,7 @@ from rawsend import btrfs
 from rawsend.errors import DestinationError, DestStateError, MalformedRecord, RawsendError
 from rawsend.fsutil import syncfs
 from rawsend.sinks import deststate
-from rawsend.sinks.extents import EncodedWriter, ExtentWriter, PwriteWriter
+from rawsend.sinks.extents import ExtentWriter, PwriteWriter, pick_writer
 from rawsend.sinks.namespace import Namespace
 from rawsend.sinks.policy import MetadataPolicy
 from rawsend.stream.records import ROOT_ID, Compression, Create, Extent, Feature, Link, RecordType, SetXattr
@@ -90,21 +90,11 @@ class TreeSink:
             except (OSError, sqlite3.Error) as e:
                 raise DestinationError(f"cannot record what DEST holds: {e.strerror}",
                                        path=str(deststate.state_dir(self.dest))) from None
-        self.writer = self._pick_writer(fd)
+        self.writer = pick_writer(fd, self.report, self.encoded_writes)
         st = os.fstat(fd)
         # new files get our euid and, also below a setgid or grpid directory, this gid
         if st.st_uid == os.geteuid() and st.st_gid == os.getegid():
             self._owner_as_created = (st.st_uid, st.st_gid)
-
-    def _pick_writer(self, fd: int) -> ExtentWriter:
-        """Encoded writes where they can be tried, else pwrite and the reason they cannot."""
-        if not self.encoded_writes:
-            return PwriteWriter(self.report, btrfs.NO_RAW)
-        if not btrfs.is_btrfs(fd):
-            return PwriteWriter(self.report, btrfs.NOT_BTRFS)
-        if not btrfs.has_cap_sys_admin():
-            return PwriteWriter(self.report, btrfs.NO_CAP)
-        return EncodedWriter(self.report, btrfs.sector_size(fd))
 
     def abort(self) -> None:
         self._close_file()
