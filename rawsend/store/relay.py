@@ -1,12 +1,14 @@
-"""Sending a stored stream on: the bytes out are the bytes that came in, checked as they are copied.
+"""Sending a stored stream on: the bytes out are the bytes that came in, proved the ones indexed.
 
-Every stored stream is read back through the checks of receive --store (the
-CheckedReader without a key, and a decode check of each clear payload) and compared with
-its index entry (stream id, END digest, size, SHA-256 of the file), so a
-store damaged on disk is never relayed silently.  The END record, the last
-bytes out, is only written once the whole file matched: a fault stops the
-relay with an error and the receiving side sees a truncated stream, which it
-refuses.
+A stored stream passed every check of receive --store when it came in, and its index entry
+records the SHA-256 of the file it became. A relay copies the file out (``_copy``) while it
+hashes it, and compares size, SHA-256, HEADER stream id and END digest with the entry: when
+all match, the bytes are the ones that were checked, and checking them again would only
+spend time (every receiver checks them itself in any case). The END record, the last bytes
+out, is written only after that comparison passed: a fault stops the relay and the receiving
+side sees a truncated stream, which it refuses. To name the fault, a file that does not match
+is then read again through every check of receive --store (``_first_fault``), so a damaged
+stored stream gets from a relay the error, record and offset verify STORE gives it.
 """
 
 from __future__ import annotations
@@ -25,10 +27,15 @@ from rawsend.store.payloads import PayloadCheck
 from rawsend.store.receive import stored_events
 from rawsend.stream.checked import EndEvent, HeaderEvent
 from rawsend.stream.records import END_BODY, PREAMBLE, RECORD_HEADER, End, Header
-from rawsend.stream.tee import TeeReader
 from rawsend.stream.writer import FLUSH_AT
 
 END_SIZE = RECORD_HEADER.size + END_BODY.size  # the END record, the last bytes of a good stream
+COPY_CHUNK = 1 << 20
+# where a stored file holds what its index entry names: HEADER's stream id, END's digest
+_HEADER_AT = PREAMBLE.size + RECORD_HEADER.size
+HEAD_SIZE = _HEADER_AT + 16
+HEADER_ID = slice(_HEADER_AT, _HEADER_AT + 16)
+END_DIGEST = slice(RECORD_HEADER.size + 16, RECORD_HEADER.size + 48)
 
 
 class StoredStream:
@@ -82,12 +89,16 @@ class StoredStream:
             raise ChecksumMismatch("SHA-256 of the file differs from the index entry", record=index, offset=offset)
 
     def blame(self, e: RawsendError) -> None:
-        """Name this stored stream in an error found while reading it."""
-        if isinstance(e, (StreamError, KeyProblem)):
-            e.detail = f"stored stream {self.entry.stream_id}: {e.detail}"
-            e.path = str(self.path)
-        if isinstance(e, StreamError):
-            e.hint = damaged_hint(self.entry.stream_id)
+        blame(e, self.entry, self.path)
+
+
+def blame(e: RawsendError, entry: IndexEntry, path) -> None:
+    """Name the stored stream ``entry`` in an error found while reading its file ``path``."""
+    if isinstance(e, (StreamError, KeyProblem)):
+        e.detail = f"stored stream {entry.stream_id}: {e.detail}"
+        e.path = str(path)
+    if isinstance(e, StreamError):
+        e.hint = damaged_hint(entry.stream_id)
 
 
 class _HeldBack:
@@ -104,6 +115,9 @@ class _HeldBack:
             self._write(self._buf[:-END_SIZE])  # its errors are the output's (OutputError)
             del self._buf[:-END_SIZE]
 
+    def tail(self) -> bytes:
+        return bytes(self._buf[-END_SIZE:])
+
     def close(self) -> None:
         self._write(self._buf)
 
@@ -117,20 +131,66 @@ def send_from_store(store_path: str | os.PathLike, stream_id: str | None,
     """
     with Store.open(store_path) as store:
         entry = store.find(stream_id)
-        stored = StoredStream(store, entry)
-    out = _HeldBack(write)
+        _relay(store, entry, write)
+    return entry
+
+
+def _relay(store: Store, entry: IndexEntry, write: Callable[[bytes], None]) -> None:
+    try:
+        _copy(store, entry, write)
+    except StreamError as mismatch:
+        fault = _first_fault(store, entry)
+        if fault is None:
+            blame(mismatch, entry, store.stream_path(entry.stream_id))
+            raise
+        raise fault from None
+
+
+def _copy(store: Store, entry: IndexEntry, write: Callable[[bytes], None]) -> None:
+    """Write the stored file out, END last and only once the file is the one ``entry`` indexes."""
+    path = store.stream_path(entry.stream_id)
+    with store.open_stream(entry.stream_id) as f:
+        size = os.fstat(f.fileno()).st_size
+        if size != entry.stored_bytes:  # checked first: a file grown without bound is never read
+            raise ChecksumMismatch(f"file is {size} bytes, the index entry says {entry.stored_bytes}", offset=0)
+        sha256 = hashlib.sha256()
+        out = _HeldBack(write)
+        head = b""
+        done = 0
+        while done < size:
+            try:
+                chunk = f.read(min(COPY_CHUNK, size - done))
+            except OSError as e:
+                raise StoreError(f"stored stream {entry.stream_id}: reading its file failed: {e.strerror}",
+                                 offset=done, path=str(path)) from None
+            if not chunk:
+                raise ChecksumMismatch(f"file ends at byte {done}, the index entry says {size}", offset=done)
+            if len(head) < HEAD_SIZE:
+                head += chunk[:HEAD_SIZE - len(head)]
+            sha256.update(chunk)
+            out.add(chunk)
+            done += len(chunk)
+    if sha256.hexdigest() != entry.sha256:
+        raise ChecksumMismatch("SHA-256 of the file differs from the index entry", offset=0)
+    if head[HEADER_ID].hex() != entry.stream_id or out.tail()[END_DIGEST].hex() != entry.end_digest:
+        raise MalformedRecord("the file is not the stream its index entry describes", offset=0)
+    out.close()
+
+
+def _first_fault(store: Store, entry: IndexEntry) -> RawsendError | None:
+    """The first rule of receive --store the stored file breaks, blamed on it; None if it breaks none."""
+    stored = StoredStream(store, entry)
     payloads = PayloadCheck()
     try:
-        for event in stored_events(TeeReader(stored, out.add), payloads, ReceiveStats()):
+        for event in stored_events(stored, payloads, ReceiveStats()):
             if isinstance(event, HeaderEvent):
                 stored.check_header(event.header)
             elif isinstance(event, EndEvent):
                 stored.check_end(event.end, event.raw.index, event.raw.offset)
     except RawsendError as e:
         stored.blame(e)
-        raise
+        return e
     finally:
         payloads.close()
         stored.close()
-    out.close()
-    return entry
+    return None
