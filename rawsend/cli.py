@@ -289,6 +289,9 @@ def main():
               help="Progress on stderr: done, total, rate, ETA (default: when a terminal).")
 @click.option("--stream", "stream_id", default=None,
               help="When SOURCE is a store: the stream to relay (a unique prefix of its id; default: the newest).")
+@click.option("--chain", is_flag=True,
+              help="When SOURCE is a store: relay the stream with every base it needs, from its full stream on, as"
+                   " one chain that 'rawsend receive DEST' restores.")
 @click.option("--exclude", "excludes", multiple=True, metavar="PATTERN",
               help="Leave out paths matching PATTERN (repeatable): fnmatch on the path relative to SOURCE and"
                    " on the base name; a leading / anchors it at SOURCE; an excluded directory is not entered.")
@@ -309,7 +312,7 @@ def main():
 @click.option("--label", "label_text", default=None, metavar="TEXT",
               help="Record TEXT (UTF-8, at most 1024 bytes), this host's name, the SOURCE path and the rawsend"
                    " version in the stream (sealed with --encrypt); 'rawsend ls STORE' and dump show them.")
-def send(source, output, compress_name, level, encrypt_key, cipher, threads, no_raw, progress, stream_id,
+def send(source, output, compress_name, level, encrypt_key, cipher, threads, no_raw, progress, stream_id, chain,
          excludes, exclude_from, one_fs, dry_run, state_path, parent_id, keep_state, label_text):
     """Write a stream of the tree SOURCE to stdout (or -o FILE).
 
@@ -328,10 +331,11 @@ def send(source, output, compress_name, level, encrypt_key, cipher, threads, no_
             given.append("--compress")
         if given:
             raise click.UsageError(f"{', '.join(given)} cannot apply: a store's streams are relayed as stored")
-        _relay_store(source, stream_id, output)
+        _relay_store(source, stream_id, output, chain)
         return
-    if stream_id is not None:
-        raise click.UsageError("--stream applies only when SOURCE is a store")
+    if stream_id is not None or chain:
+        raise click.UsageError(f"{'--stream' if stream_id is not None else '--chain'} applies only when SOURCE is"
+                               " a store")
     if state_path is None and (parent_id is not None or keep_state is not None):
         raise click.UsageError(f"{'--parent' if parent_id is not None else '--keep-state'} applies only with --state")
     from rawsend.codecs.compress import DEFAULT_LEVELS
@@ -605,10 +609,6 @@ def receive(dest, input_path, key_files, preserve_owner, preserve_special, prese
 
     With --store, add the stream as it is to the store DEST instead.
     """
-    from rawsend.pipeline import receive as do_receive
-    from rawsend.progress import Progress, counted, stream_size
-    from rawsend.sinks.dest import DestSink
-    from rawsend.sinks.tree import TreeSink
     from rawsend.stream.checker import Limits
 
     limits = Limits()
@@ -630,6 +630,24 @@ def receive(dest, input_path, key_files, preserve_owner, preserve_special, prese
         return
     options = dict(preserve_owner=preserve_owner, preserve_special=preserve_special,
                    preserve_devices=preserve_devices, sync=not no_sync, encoded_writes=not no_raw)
+    with _open_input(input_path) as stream:
+        from rawsend.stream.chain import starts_chain
+        is_chain, stream = starts_chain(stream)
+        if is_chain:
+            if includes or force:
+                raise click.UsageError(f"{'--include' if includes else '--force'} cannot apply to a chain"
+                                       " (send STORE --chain): it restores a whole tree into a new DEST")
+            _receive_chain(stream, dest, _load_keyring(key_files), limits, options, progress)
+            return
+        _receive_tree(stream, dest, key_files, limits, options, progress, includes, force, preserve_owner)
+
+
+def _receive_tree(stream, dest, key_files, limits, options, progress, includes, force, preserve_owner) -> None:
+    from rawsend.pipeline import receive as do_receive
+    from rawsend.progress import Progress, counted, stream_size
+    from rawsend.sinks.dest import DestSink
+    from rawsend.sinks.tree import TreeSink
+
     selected = None
     if includes:  # a selection of a tree: not one an incremental stream can change later
         from rawsend.sinks.select import SelectSink
@@ -638,7 +656,7 @@ def receive(dest, input_path, key_files, preserve_owner, preserve_special, prese
         sink = DestSink(dest, force=force, **options)
     keyring = _load_keyring(key_files)
     started = time.monotonic()
-    with _open_input(input_path) as stream, _on_interrupt(f"nothing was kept: {dest} is as it was"):
+    with _on_interrupt(f"nothing was kept: {dest} is as it was"):
         bar = Progress(progress, "receive", total=stream_size(stream), input_fd=stream.fileno())
         try:
             stats = do_receive(counted(stream, bar), sink, keyring=keyring, limits=limits,
@@ -689,6 +707,69 @@ def receive(dest, input_path, key_files, preserve_owner, preserve_special, prese
          + ("; " + "; ".join(extra) if extra else ""))
 
 
+def _receive_chain(stream, dest, keyring, limits, options, progress) -> None:
+    """A chain (send STORE --chain): every member, then DEST appears at the last one."""
+    from rawsend.progress import Progress, counted, stream_size
+    from rawsend.sinks.chain import receive_chain
+    from rawsend.stream.chain import ChainReader
+
+    started = time.monotonic()
+    with _on_interrupt(f"nothing was kept: {dest} is as it was"):
+        bar = Progress(progress, "receive", total=stream_size(stream), input_fd=stream.fileno())
+        try:
+            result = receive_chain(ChainReader(counted(stream, bar)), dest, keyring=keyring, limits=limits,
+                                   on_member=_member_note, **options)
+        finally:
+            bar.close()
+    _chain_summary(result, f"into {dest}", started)
+
+
+def _member_note(member, stats) -> None:
+    _note(f"chain member {member.number} of {member.count}: {'applied' if member.number > 1 else 'received'}"
+          f" {_n(stats.records, 'record')}, {_human(stats.logical_bytes)} of data")
+
+
+def _chain_summary(result, where: str, started: float) -> None:
+    for w in result.warnings:
+        _err(f"warning: {w}")
+    _note(f"restored a chain of {_n(len(result.stats), 'stream')} {where}:"
+          f" {_human(sum(st.stream_bytes for st in result.stats))} of stream in {time.monotonic() - started:.2f} s")
+
+
+@main.command()
+@with_verbosity
+@click.argument("store", type=click.Path(exists=True, file_okay=False))
+@click.argument("dest", type=click.Path())
+@click.option("--stream", "stream_id", default=None,
+              help="The stream to restore (a unique prefix of its id; default: the newest).")
+@click.option("--key-file", "key_files", multiple=True, type=click.Path(readable=False),
+              help="Key of encrypted streams (repeatable; each stream's key id picks one).")
+@click.option("--preserve-owner/--no-preserve-owner", default=None,
+              help="Apply the streams' uid/gid and setuid/setgid bits (default: when root).")
+@click.option("--preserve-special", is_flag=True, help="Create FIFOs, and sockets when root (default: skip them).")
+@click.option("--preserve-devices", is_flag=True, help="Create block and character devices, as root.")
+@click.option("--no-sync", is_flag=True, help="Do not sync before renaming into place.")
+@click.option("--no-raw", is_flag=True, help="Decode compressed extents and write plain bytes.")
+def restore(store, dest, stream_id, key_files, preserve_owner, preserve_special, preserve_devices, no_sync, no_raw):
+    """Restore the stream of STORE (the newest, or --stream) into the new directory DEST, with every base
+    it needs: the full stream and each incremental stream after it, applied in one step.
+
+    DEST appears only when the last stream is applied: until then it stays absent (or the empty
+    directory it was). The same as 'rawsend send STORE --stream ID --chain | rawsend receive DEST'.
+    """
+    from rawsend.stream.checker import Limits
+    from rawsend.store.restore import restore as do_restore
+
+    options = dict(preserve_owner=preserve_owner, preserve_special=preserve_special,
+                   preserve_devices=preserve_devices, sync=not no_sync, encoded_writes=not no_raw)
+    keyring = _load_keyring(key_files)
+    started = time.monotonic()
+    with _on_interrupt(f"nothing was kept: {dest} is as it was"):
+        result = do_restore(store, stream_id, dest, keyring=keyring, limits=Limits(), on_member=_member_note,
+                            **options)
+    _chain_summary(result, f"from store {store} into {dest}", started)
+
+
 # -- status DEST: what a received tree holds ---------------------------------------------------
 
 @main.command()
@@ -735,28 +816,45 @@ def _utc(ns: int) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ns // 1_000_000_000))
 
 
-def _relay_store(store, stream_id, output) -> None:
-    from rawsend.store import send_from_store
+def _relay_store(store, stream_id, output, chain: bool = False) -> None:
+    from rawsend.store import send_chain_from_store, send_from_store
     from rawsend.stream.writer import fd_writer
 
     started = time.monotonic()
     with _output(output, "send") as out_fd:
-        entry = send_from_store(store, stream_id, fd_writer(out_fd))
-    _note(f"relayed stream {entry.stream_id} from store {store}: {_human(entry.stored_bytes)} as stored "
-         f"({_human(entry.logical_bytes)} of data) in {time.monotonic() - started:.2f} s")
+        if chain:
+            entries = send_chain_from_store(store, stream_id, fd_writer(out_fd))
+        else:
+            entries = [send_from_store(store, stream_id, fd_writer(out_fd))]
+    what = (f"the chain of {_n(len(entries), 'stream')} ending at stream {entries[-1].stream_id}" if chain
+            else f"stream {entries[-1].stream_id}")
+    _note(f"relayed {what} from store {store}: {_human(sum(e.stored_bytes for e in entries))} as stored "
+          f"({_human(sum(e.logical_bytes for e in entries))} of data) in {time.monotonic() - started:.2f} s")
 
 
 def _receive_store(store, input_path, limits, progress) -> None:
     from rawsend.progress import Progress, counted, stream_size
     from rawsend.store import receive_into_store
 
+    from rawsend.stream.chain import ChainReader, starts_chain
+
     started = time.monotonic()
     with _open_input(input_path) as stream, _on_interrupt(f"nothing was stored: {store} is as it was"):
+        is_chain, stream = starts_chain(stream)
         bar = Progress(progress, "receive", total=stream_size(stream), input_fd=stream.fileno())
         try:
+            if is_chain:  # each member stored as if received alone, each with its summary
+                from rawsend.store.receive import receive_chain_into_store
+                receive_chain_into_store(ChainReader(counted(stream, bar)), store, limits=limits,
+                                         on_member=lambda member, receipt: _stored_note(receipt, started))
+                return
             receipt = receive_into_store(counted(stream, bar), store, limits=limits)
         finally:
             bar.close()
+    _stored_note(receipt, started)
+
+
+def _stored_note(receipt, started: float) -> None:
     e = receipt.entry
     if not receipt.stored:
         _note(f"stream {e.stream_id} is already in store {receipt.store} with identical bytes; nothing stored")

@@ -272,7 +272,8 @@ def test_receive_killed_at_any_point_leaves_the_store_as_it_was(tmp_path, stream
     stream_b = make_stream(make_tree(tmp_path / "b", seed=2, random_bytes=1_500_000))
     stream_c = make_stream(make_tree(tmp_path / "c", seed=3))
     before = listed_ids(store)
-    # 0: nothing sent; 30: inside the header; then inside a payload, before END, and everything
+    # 0: nothing sent (the receiver waits for the first bytes, which say stream or chain, before it
+    # makes anything); 30: inside the header; then inside a payload, before END, and everything
     # sent but the pipe still open (the receiver has checked END and waits for EOF)
     points = [0, 30, len(stream_b) // 2, len(stream_b) - 10, len(stream_b)]
     for n in points:
@@ -280,9 +281,10 @@ def test_receive_killed_at_any_point_leaves_the_store_as_it_was(tmp_path, stream
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         pid, pipe_fd = proc.pid, proc.stdin.fileno()
         mine = lambda pid=pid: [name for name in os.listdir(store / "tmp") if name.startswith(f"{pid}-")]
-        wait_for(mine, "the receiver's temp")
         proc.stdin.write(stream_b[:n])
         proc.stdin.flush()
+        if n:
+            wait_for(mine, "the receiver's temp")
         wait_for(lambda fd=pipe_fd: pipe_pending(fd) == 0, "the receiver to read what was sent")
         proc.send_signal(signal.SIGKILL)
         proc.wait()

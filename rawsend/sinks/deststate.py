@@ -80,7 +80,7 @@ def _connect(path: Path) -> sqlite3.Connection:
     return db
 
 
-def _make_state_dir(sdir: Path) -> None:
+def make_state_dir(sdir: Path) -> None:
     try:
         st = os.lstat(sdir)
     except FileNotFoundError:
@@ -122,10 +122,10 @@ class Recorder:
     def __init__(self, dest: Path):
         self.dest = dest
         self.dir = state_dir(dest)
-        _make_state_dir(self.dir)
+        make_state_dir(self.dir)
         self.lock = Lock(self.dir).__enter__()
         for p in self.dir.iterdir():  # staging and journals of a DEST that was here before
-            if p.name.startswith(("stage-", "journal", "state.db.tmp")):
+            if p.name.startswith(("stage-", "journal", "state.db.tmp", "restore-")):
                 remove_tree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
         self.tmp = self.dir / f"state.db.tmp-{os.getpid()}"
         self.db = _connect(self.tmp)

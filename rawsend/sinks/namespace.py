@@ -97,7 +97,7 @@ def _kind(mode: int) -> str:
     return "an unknown kind of file"
 
 
-def _check_parent(parent: Path) -> None:
+def check_parent(parent: Path) -> None:
     """DestinationError saying what is wrong with the directory DEST is to be made in, if anything."""
     try:
         st = os.stat(parent)
@@ -122,7 +122,7 @@ def _check_parent(parent: Path) -> None:
                                hint="give a DEST whose parent is a directory")
 
 
-def _check_dest(dest: Path) -> None:
+def check_dest(dest: Path) -> None:
     """DestinationError unless ``dest`` is absent or an empty directory (not through a symlink)."""
     try:
         st = os.lstat(dest)
@@ -174,8 +174,8 @@ class Namespace:
     def begin(self) -> int:
         """Check DEST, create the temporary directory; its fd (the root's)."""
         parent = self.dest.parent
-        _check_parent(parent)
-        _check_dest(self.dest)
+        check_parent(parent)
+        check_dest(self.dest)
         clean_stale_temps(self.dest)
         self.temp = parent / f".{self.dest.name}{TEMP_MARK}{os.getpid()}-{secrets.token_hex(4)}"
         try:

@@ -9,8 +9,8 @@ verify (rechecking from disk, with or without keys).
 from rawsend.store.index import UNKNOWN, IndexEntry
 from rawsend.store.layout import Store, is_store
 from rawsend.store.receive import StoreReceipt, receive_into_store
-from rawsend.store.relay import send_from_store
+from rawsend.store.relay import send_chain_from_store, send_from_store
 from rawsend.store.verify import StreamVerdict, verify_store
 
 __all__ = ["UNKNOWN", "IndexEntry", "Store", "StoreReceipt", "StreamVerdict", "is_store",
-           "receive_into_store", "send_from_store", "verify_store"]
+           "receive_into_store", "send_chain_from_store", "send_from_store", "verify_store"]

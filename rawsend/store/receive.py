@@ -24,12 +24,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from rawsend.errors import RawsendError
+from rawsend.errors import MalformedRecord, RawsendError
 from rawsend.fsutil import write_all
 from rawsend.pipeline import ReceiveStats, count
 from rawsend.store.index import UNKNOWN, IndexEntry, Parent
 from rawsend.store.layout import STREAM_SUFFIX, Store, os_error
 from rawsend.store.payloads import PayloadCheck
+from rawsend.stream.chain import ChainReader, Member
 from rawsend.stream.checked import CheckedReader, EndEvent, Event, HeaderEvent, RecordEvent
 from rawsend.stream.checker import Limits
 from rawsend.stream.records import Base, Cipher, End, Extent, Header
@@ -197,3 +198,30 @@ def base_problem(store: Store, entry: IndexEntry) -> str:
         return (f"the store's stream {base.stream_id} is not its base: its END digest is {base.end_digest[:16]}...,"
                 f" the base record names {entry.parent.end_digest[:16]}...")
     return ""
+
+
+def receive_chain_into_store(chain: ChainReader, store_path: str | os.PathLike, *, limits: Limits | None = None,
+                             on_member: Callable[[Member, StoreReceipt], None] | None = None) -> list[StoreReceipt]:
+    """Store every member of a chain (spec/chain-format.md) as ``receive_into_store`` stores one stream.
+
+    Each member is a stream the store could have received alone, so one that fails leaves the members
+    before it stored; a member that does not continue the chain is refused after it was stored."""
+    receipts: list[StoreReceipt] = []
+    for member in chain:
+        try:
+            receipt = receive_into_store(member.input, store_path, limits=limits)
+        except RawsendError as e:
+            member.blame(e)
+            raise
+        before = receipts[-1].entry if receipts else None
+        want = Parent(before.stream_id, before.end_digest) if before is not None else None
+        if receipt.entry.parent != want:
+            raise MalformedRecord(f"chain member {member.number} of {member.count}, stream {receipt.entry.stream_id},"
+                                  " does not continue the chain: " + ("it is incremental" if want is None else
+                                                                      f"its base is not member {member.number - 1}"),
+                                  offset=member.start, hint="it was stored as a stream of its own; the chain was"
+                                  " not written by 'rawsend send STORE --chain'")
+        receipts.append(receipt)
+        if on_member is not None:
+            on_member(member, receipt)
+    return receipts

@@ -18,13 +18,15 @@ import os
 from collections.abc import Callable
 
 from rawsend.errors import (
-    ChecksumMismatch, DigestMismatch, KeyProblem, MalformedRecord, RawsendError, StoreError, StreamError,
+    ChecksumMismatch, DigestMismatch, KeyProblem, MalformedRecord, RawsendError, StoreDamaged, StoreError,
+    StreamError,
 )
 from rawsend.store.index import IndexEntry
 from rawsend.store.layout import Store, damaged_hint
 from rawsend.pipeline import ReceiveStats
 from rawsend.store.payloads import PayloadCheck
-from rawsend.store.receive import stored_events
+from rawsend.store.receive import base_problem, stored_events
+from rawsend.stream.chain import MAX_MEMBERS, chain_preamble, member_header
 from rawsend.stream.checked import EndEvent, HeaderEvent
 from rawsend.stream.records import END_BODY, PREAMBLE, RECORD_HEADER, End, Header
 from rawsend.stream.writer import FLUSH_AT
@@ -133,6 +135,38 @@ def send_from_store(store_path: str | os.PathLike, stream_id: str | None,
         entry = store.find(stream_id)
         _relay(store, entry, write)
     return entry
+
+
+def send_chain_from_store(store_path: str | os.PathLike, stream_id: str | None,
+                          write: Callable[[bytes], None]) -> list[IndexEntry]:
+    """Write the chain that ends at ``stream_id`` (spec/chain-format.md): its full stream and each
+    incremental stream after it, every one relayed as ``send_from_store`` relays one stream."""
+    with Store.open(store_path) as store:
+        chain = chain_to(store, store.find(stream_id))
+        write(chain_preamble(len(chain)))
+        for entry in chain:
+            write(member_header(entry.stored_bytes))
+            _relay(store, entry, write)
+    return chain
+
+
+def chain_to(store: Store, entry: IndexEntry) -> list[IndexEntry]:
+    """``entry`` and the bases it needs, oldest (the full stream) first; StoreError when a base is
+    missing or is not the stream its child names."""
+    chain, seen = [entry], {entry.stream_id}
+    while (link := chain[-1].parent) is not None:
+        if link.stream_id in seen or len(chain) == MAX_MEMBERS:
+            raise StoreDamaged(f"stream {entry.stream_id}: the parent links of its chain loop, or pass"
+                               f" {MAX_MEMBERS} streams", path=str(store.root),
+                               hint="the index entries are damaged; verify STORE names them")
+        seen.add(link.stream_id)
+        problem = base_problem(store, chain[-1])
+        if problem:
+            raise StoreError(f"stream {chain[-1].stream_id} cannot be restored from this store: {problem}",
+                             path=str(store.root), hint="receive its base into the store first")
+        chain.append(store.read_entry(link.stream_id))
+    chain.reverse()
+    return chain
 
 
 def _relay(store: Store, entry: IndexEntry, write: Callable[[bytes], None]) -> None:
