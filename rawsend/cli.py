@@ -879,8 +879,10 @@ def _verify_store(store, stream_id, key_files) -> None:
     for verdict in verify_store(store, stream_id, _load_keyring(key_files)):
         checked += 1
         if not verdict.ok:
-            failed.append(verdict.error)
-            _err(str(verdict.error))
+            errors = [e for e in (verdict.error, verdict.chain_error) if e is not None]
+            failed.append(errors[0])
+            for error in errors:
+                _err(str(error))
             continue
         e, stats = verdict.entry, verdict.stats
         files = e.files if e.encrypted and not stats.authenticated else stats.files

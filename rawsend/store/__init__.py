@@ -3,7 +3,8 @@
 spec/store-format.md is the normative text.  One module per job:
 layout (the directory, the lock, atomic commits), index (index entries),
 receive (checked, durable receiving), relay (byte-identical sending),
-verify (rechecking from disk, with or without keys).
+verify (rechecking from disk, with or without keys), chains (what a stream
+rests on, through parent links), removal (what rm and prune take out).
 """
 
 from rawsend.store.index import UNKNOWN, IndexEntry

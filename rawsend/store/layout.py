@@ -35,6 +35,7 @@ from typing import BinaryIO
 
 from rawsend.errors import RawsendError, StoreDamaged, StoreError
 from rawsend.fsutil import fsync_dir, left_by_dead_process, write_all
+from rawsend.store.chains import Chains
 from rawsend.store.index import UNRECORDED, IndexEntry, Parent
 from rawsend.store.names import NOT_OURS_HINT, kind_of, lstat_at, not_ours, open_dir, open_file, read_small
 from rawsend.stream.checked import CheckedReader, HeaderEvent, RecordEvent
@@ -370,9 +371,9 @@ class Store:
         return True
 
     def needed_by_kept(self, stream_id: str, kept: list[IndexEntry]) -> list[str]:
-        """Ids of kept streams that need ``stream_id`` to be received.  No stream needs
-        another yet; a stream that names a base will be checked here, before removal."""
-        return []
+        """Ids of the ``kept`` streams whose chain (their parent links, followed through the
+        store's streams) passes through ``stream_id``: they cannot be restored without it."""
+        return Chains(self.entries()).through(stream_id, [e.stream_id for e in kept])
 
     def receiving_pids(self) -> list[int]:
         """Live processes other than this one with a temporary file in tmp/: receives under way."""

@@ -4,7 +4,8 @@ Each stream goes through the CheckedReader and a NullSink, as
 ``rawsend verify FILE`` does: framing, CRCs, caps, END, structure of clear
 records and, where no key is needed, a full decode of every payload.  With a
 keyring the sealed records are opened and END's MAC checked too.  The file
-must also match its index entry (stream id, END digest, size, SHA-256).
+must also match its index entry (stream id, END digest, size, SHA-256), and its chain must be whole: every base it
+rests on in the store, with the END digest its link names (chains.py).
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from rawsend.errors import RawsendError, StoreError
+from rawsend.errors import RawsendError, StoreDamaged, StoreError
 from rawsend.pipeline import NullSink, ReceiveStats, deliver
+from rawsend.store.chains import Chains, describe
 from rawsend.store.index import IndexEntry
 from rawsend.store.layout import Store
 from rawsend.store.relay import StoredStream
@@ -25,11 +27,12 @@ from rawsend.stream.checked import CheckedReader, EndEvent, HeaderEvent
 class StreamVerdict:
     entry: IndexEntry | None           # None when the index entry itself is damaged
     stats: ReceiveStats | None = None  # when intact
-    error: RawsendError | None = None  # the first fault found, naming the stream, record and offset
+    error: RawsendError | None = None  # the first fault of its bytes, naming the stream, record and offset
+    chain_error: StoreDamaged | None = None  # a base it rests on is missing, another stream, or a loop
 
     @property
     def ok(self) -> bool:
-        return self.error is None
+        return self.error is None and self.chain_error is None
 
 
 def verify_store(store_path: str | os.PathLike, stream_id: str | None = None,
@@ -37,17 +40,27 @@ def verify_store(store_path: str | os.PathLike, stream_id: str | None = None,
     """One verdict per stored stream (or only for the stream whose id starts with ``stream_id``)."""
     with Store.open(store_path) as store:
         if stream_id is not None:
-            yield verify_stream(store, store.find(stream_id), keyring)
+            entry = store.find(stream_id)
+            yield verify_stream(store, entry, keyring, Chains(store.entries()))
             return
         damaged: list[StoreError] = []
         entries = store.entries(damaged)
         for error in damaged:
             yield StreamVerdict(None, error=error)
+        chains = Chains(entries)
         for entry in entries:
-            yield verify_stream(store, entry, keyring)
+            yield verify_stream(store, entry, keyring, chains)
 
 
-def verify_stream(store: Store, entry: IndexEntry, keyring=None) -> StreamVerdict:
+def verify_stream(store: Store, entry: IndexEntry, keyring=None, chains: Chains | None = None) -> StreamVerdict:
+    """The stream's bytes checked from disk and, given the store's ``chains``, its chain."""
+    verdict = _verify_bytes(store, entry, keyring)
+    if chains is not None and (broken := chains.of(entry.stream_id).broken) is not None:
+        verdict.chain_error = describe(entry.stream_id, broken)
+    return verdict
+
+
+def _verify_bytes(store: Store, entry: IndexEntry, keyring) -> StreamVerdict:
     try:
         stored = StoredStream(store, entry)
     except RawsendError as e:
