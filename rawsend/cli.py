@@ -909,11 +909,19 @@ def ls(store, as_json, key_files):
 
     from rawsend.labels import Found, json_fields, read_label, shown
     from rawsend.store import Store
+    from rawsend.store.chains import LOOP, Chains, describe
 
     keyring = _load_keyring(key_files)
     damaged = []
     opened = Store.open(store)
-    for e in opened.entries(damaged):
+    entries = opened.entries(damaged)
+    chains, loops = Chains(entries), set()
+    for e in entries:
+        chain = chains.of(e.stream_id)
+        if chain.broken is not None and chain.broken.kind == LOOP and chain.broken not in loops:
+            loops.add(chain.broken)  # said once per loop; a missing base is no damage: it may come later
+            damaged.append(describe(e.stream_id, chain.broken))
+        parent_id = chains.parent_id(e.stream_id)
         try:
             with opened.open_stream(e.stream_id) as f:
                 found = read_label(f, keyring)
@@ -922,12 +930,14 @@ def ls(store, as_json, key_files):
             damaged.append(error)
             found = Found(unreadable=True)
         if as_json:
-            echo(json_line({**dataclasses.asdict(e), **json_fields(found)}, sort_keys=True))
+            echo(json_line({**dataclasses.asdict(e), "parent_id": parent_id, "chain_length": chain.length,
+                            **json_fields(found)}, sort_keys=True))
             continue
         mix = ",".join(f"{name}:{n}" for name, n in e.compression.items()) or "no-extents"
         crypt = f"encrypted {e.cipher} key {e.key_id}" if e.encrypted else "not-encrypted"
         echo(f"{e.stream_id}  {_utc(e.received_ns)}  {_human(e.logical_bytes)} logical  "
-             f"{_human(e.stored_bytes)} stored  {_n(e.files, 'file')}  {mix}  {crypt}  {shown(found)}")
+             f"{_human(e.stored_bytes)} stored  {_n(e.files, 'file')}  {mix}  {crypt}  parent {parent_id or '-'}  "
+             f"chain {'broken' if chain.length is None else chain.length}  {shown(found)}")
     for error in damaged:
         _err(str(error))
     if damaged:
@@ -942,30 +952,52 @@ def ls(store, as_json, key_files):
 def rm(store, ids, dry_run):
     """Remove the streams IDS (unique id prefixes, as ls shows) from STORE.
 
-    Each stream goes atomically: it is listed, or it is gone with its file.
-    Refused while another process is receiving into STORE.
+    Each stream goes atomically: it is listed, or it is gone with its file.  Refused, removing
+    nothing, while another process is receiving into STORE, or when a stream that stays needs one
+    of them as a base.
     """
-    from rawsend.errors import StoreError
     from rawsend.store import Store
+    from rawsend.store.removal import plan_rm
 
     with Store.open(store) as st, st.locked_unless_busy():
-        chosen = []
-        for prefix in ids:
-            entry = st.find(prefix)
-            if entry not in chosen:
-                chosen.append(entry)
-        gone = {e.stream_id for e in chosen}
-        kept = [e for e in st.entries() if e.stream_id not in gone]
-        for entry in chosen:
-            if needers := st.needed_by_kept(entry.stream_id, kept):
-                raise StoreError(f"stream {entry.stream_id} is needed by stream {needers[0]}, which is kept",
-                                 hint="remove that stream too, or keep this one")
-        for entry in chosen:
-            if dry_run:
-                _result(f"would remove {entry.stream_id}  {_human(entry.stored_bytes)} stored")
-            else:
-                st.remove(entry.stream_id)
-                _result(f"removed {entry.stream_id}  {_human(entry.stored_bytes)} stored")
+        _remove(st, plan_rm(st, list(ids)), dry_run)
+
+
+@main.command("prune")
+@with_verbosity
+@click.argument("store", type=click.Path(exists=True, file_okay=False))
+@click.option("--keep-last", "keep_last", type=click.IntRange(min=1), required=True, metavar="N",
+              help="Keep the N newest streams (as ls orders them) and every base they need.")
+@click.option("-n", "--dry-run", is_flag=True, help="Print what would be removed; remove nothing.")
+def prune(store, keep_last, dry_run):
+    """Remove every stream of STORE but the N newest and the bases those need (restic's
+    forget --keep-last).
+
+    Each stream goes atomically, a stream before its bases.  Refused, removing nothing, while
+    another process is receiving into STORE or when an index entry is damaged.
+    """
+    from rawsend.store import Store
+    from rawsend.store.removal import plan_prune
+
+    with Store.open(store) as st, st.locked_unless_busy():
+        plan = plan_prune(st, keep_last)
+        for base, needer in plan.kept_for.items():
+            _result(f"kept {base}  base of kept stream {needer}")
+        _remove(st, plan, dry_run)
+    kept = _n(len(plan.newest), "newest stream") + (f" and {_n(len(plan.kept_for), 'base')} they need"
+                                                    if plan.kept_for else "")
+    removed = f"{_n(len(plan.remove), 'stream')} ({_human(sum(e.stored_bytes for e in plan.remove))} stored)"
+    _note(f"would keep {kept}; would remove {removed}" if dry_run else f"kept {kept}; removed {removed}")
+
+
+def _remove(st, plan, dry_run: bool) -> None:
+    from rawsend.store.removal import carry_out
+
+    if dry_run:
+        for entry in plan.remove:
+            _result(f"would remove {entry.stream_id}  {_human(entry.stored_bytes)} stored")
+        return
+    carry_out(st, plan, lambda entry: _result(f"removed {entry.stream_id}  {_human(entry.stored_bytes)} stored"))
 
 
 # -- list ---------------------------------------------------------------------------------------
