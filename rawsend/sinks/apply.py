@@ -134,10 +134,15 @@ class ChangeApplier:
                             hint="nothing was changed; send a stream against what DEST holds: "
                                  + resend.format(have))
         if held.digest != rec.digest:
-            raise WrongBase(f"DEST holds stream {have} with END digest {held.digest.hex()}, but this stream's"
-                            f" base has digest {rec.digest.hex()}: not the same stream", path=str(self.dest),
-                            hint="nothing was changed; send a stream against what DEST holds: "
-                                 + resend.format(have))
+            # the same stream id with another END: another copy of the stream (rekeyed, or sealed
+            # again), which the sender's STATE does not know, so a resend against it would not help
+            sealed = f" (sealed with key id {held.key_id.hex()})" if held.key_id else ""
+            raise WrongBase(f"DEST holds stream {have} with END digest {held.digest.hex()}{sealed}, but this"
+                            f" stream's base is that stream with END digest {rec.digest.hex()}: another copy of it"
+                            f" (a stream rekeyed or sealed again has another END)", path=str(self.dest),
+                            hint=f"nothing was changed; an incremental stream applies only to the copy of its base"
+                                 f" it was sent against: receive the copy of stream {have} this stream was sent"
+                                 f" against into a new DEST, then this stream")
         if rec.first_id < held.next_id:
             raise WrongBase(f"this stream's new files start at id {rec.first_id}, but ids up to"
                             f" {held.next_id - 1} are in use in the tree DEST holds", path=str(self.dest),
