@@ -177,8 +177,7 @@ def test_a_receive_killed_in_its_apply_leaves_the_base_or_the_new_tree(tmp_path,
     dest = tmp_path / "dest"
     cli("receive", "-q", "--no-sync", "-f", s0, dest)
     same(base, dest)
-    proc = run_rawsend("receive", "-f", str(s1), str(dest), env={**os.environ, KILL_HOOK: hook(chain, point)})
-    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()
+    killed(chain, dest, point)
     committed = point != "stage"  # the journal is written: the commit phase has begun
     assert (state_dir(dest) / "journal").exists() is committed
     if point in ("stage", "journal"):  # before the first operation DEST is untouched
@@ -230,6 +229,45 @@ def test_rewritten_files_leave_the_times_of_directories_whose_entries_stay(tmp_p
     cli("receive", "-q", "-f", tmp_path / "s1.rs", dest)
     same(snapshot(src), dest)
     clean_state(dest)
+
+
+def killed(chain: Chain, dest: Path, point: str, *args: str) -> None:
+    """rawsend ARGS (a receive of s1 into DEST by default), SIGKILLed at ``point``."""
+    args = args or ("receive", "-f", str(chain.streams[1]), str(dest))
+    proc = run_rawsend(*args, env={**os.environ, KILL_HOOK: hook(chain, point)})
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()
+
+
+def rolled_forward_to_s1(chain: Chain, dest: Path) -> None:
+    out = cli("status", dest)
+    assert f"an interrupted apply was pending: completed now, DEST holds stream {chain.ids[1]}" in out
+    same(chain.snaps[1], dest)
+    clean_state(dest)
+    cli("receive", "-q", "-f", chain.streams[2], dest)
+    same(chain.snaps[2], dest)
+
+
+@pytest.mark.parametrize("point", ["op:first-rename", "op:first-place", "op:first-swap", "op:last", "ops"])
+def test_a_roll_forward_whose_progress_was_lost_runs_the_journal_again_from_the_start(tmp_path, chain, point):
+    """The progress file is a hint, not synced: after a crash of the machine it may be empty
+    while operations it did not count are on disk, some of which moved or removed the very
+    directories the earlier operations name."""
+    dest = tmp_path / "dest"
+    cli("receive", "-q", "--no-sync", "-f", chain.streams[0], dest)
+    killed(chain, dest, point)
+    progress = state_dir(dest) / "journal.progress"
+    assert progress.stat().st_size == 8
+    progress.write_bytes(b"")
+    rolled_forward_to_s1(chain, dest)
+
+
+def test_a_roll_forward_killed_itself_is_completed_by_the_next_command(tmp_path, chain):
+    dest = tmp_path / "dest"
+    cli("receive", "-q", "--no-sync", "-f", chain.streams[0], dest)
+    killed(chain, dest, "op:first-rename")
+    killed(chain, dest, "op:last", "status", str(dest))
+    assert (state_dir(dest) / "journal").exists()
+    rolled_forward_to_s1(chain, dest)
 
 
 # -- ENOSPC during the apply ---------------------------------------------------------------------
