@@ -1,9 +1,10 @@
 """receive DEST of incremental streams under faults and bad input, through the command line.
 
-A receive SIGKILLed at each point of its apply, then the next rawsend command on DEST; a full
-disk during the apply; hostile incremental streams against a held base; a stream applied twice,
-an older one after a newer, a base held under another key.  After each, DEST is exactly the
-base tree or exactly the new tree (contents, modes, times, xattrs, hard links), never a mix.
+A receive SIGKILLed at each point of its apply, then the next rawsend command on DEST (also
+with the progress hint lost, and with the roll-forward killed too); a full disk during the
+apply; hostile incremental streams against a held base; a stream applied twice, an older one
+after a newer, a base held under another key.  After each, DEST is exactly the base tree or
+exactly the new tree (contents, modes, times, xattrs, hard links), never a mix.
 """
 
 from __future__ import annotations
@@ -386,6 +387,9 @@ HOSTILE = {
     "rename of DEST as .": (lambda i, n: [Rename(1, 1, b".", 1, b"x")], 0, "unsafe name refused: name b'.'"),
     "rmdir of DEST": (lambda i, n: [Rmdir(1, 1, b"d")], 0, "malformed record: rmdir of file id 1, the root"),
     "unlink of DEST": (lambda i, n: [Unlink(1, 1, b"top")], 0, "malformed record: unlink of file id 1, the root"),
+    "rename out of DEST": (lambda i, n: [Rename(i["top"], 1, b"top", 0, b"top")], 0,
+                           "parent id 0 is not a directory created earlier"),
+    "create beside DEST": (lambda i, n: [mkfile(n, 0, b"beside")], 0, "parent id 0 is not a directory created earlier"),
     "unlink through a symlink": (lambda i, n: [Unlink(i["d/f"], i["sl"], b"f")], 0,
                                  "file id {sl} is not a directory in DEST"),
     "rename through a symlink": (lambda i, n: [Rename(i["d/f"], i["sl"], b"f", 1, b"f2")], 0,
