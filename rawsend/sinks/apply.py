@@ -134,10 +134,15 @@ class ChangeApplier:
                             hint="nothing was changed; send a stream against what DEST holds: "
                                  + resend.format(have))
         if held.digest != rec.digest:
-            raise WrongBase(f"DEST holds stream {have} with END digest {held.digest.hex()}, but this stream's"
-                            f" base has digest {rec.digest.hex()}: not the same stream", path=str(self.dest),
-                            hint="nothing was changed; send a stream against what DEST holds: "
-                                 + resend.format(have))
+            # the same stream id with another END: another copy of the stream (rekeyed, or sealed
+            # again), which the sender's STATE does not know, so a resend against it would not help
+            sealed = f" (sealed with key id {held.key_id.hex()})" if held.key_id else ""
+            raise WrongBase(f"DEST holds stream {have} with END digest {held.digest.hex()}{sealed}, but this"
+                            f" stream's base is that stream with END digest {rec.digest.hex()}: another copy of it"
+                            f" (a stream rekeyed or sealed again has another END)", path=str(self.dest),
+                            hint=f"nothing was changed; an incremental stream applies only to the copy of its base"
+                                 f" it was sent against: receive the copy of stream {have} this stream was sent"
+                                 f" against into a new DEST, then this stream")
         if rec.first_id < held.next_id:
             raise WrongBase(f"this stream's new files start at id {rec.first_id}, but ids up to"
                             f" {held.next_id - 1} are in use in the tree DEST holds", path=str(self.dest),
@@ -595,7 +600,9 @@ class ChangeApplier:
             op[-1] = node.ino
             ops.append(op)
         stat_list, names, removed = [], {}, []
-        for file_id, node in self.nodes.items():
+        swapped_in: set[int] = set()  # directories where a changed copy takes its old inode's names
+        # (the loops walk over copies: self.path() loads the directories it passes through)
+        for file_id, node in list(self.nodes.items()):
             if node.new_ino and node.names:  # a changed copy takes the place of the base's inode
                 (parent, name), *others = node.names
                 ppath = _hex_path(self.path(parent))
@@ -603,7 +610,8 @@ class ChangeApplier:
                 for p, n in others:
                     ops.append(["unlink", _hex_path(self.path(p)), n.hex(), node.ino])
                     ops.append(["link", ppath, name.hex(), _hex_path(self.path(p)), n.hex(), node.new_ino])
-        for file_id, node in self.nodes.items():
+                swapped_in.update(p for p, _ in node.names)
+        for file_id, node in list(self.nodes.items()):
             if node.staged is not None and node.type != stat.S_IFDIR:
                 continue  # set in staging
             if not node.names and file_id != ROOT_ID:
@@ -614,7 +622,8 @@ class ChangeApplier:
                 else:
                     parent, name = node.names[0]
                     ops.append(["attr", _hex_path(self.path(parent)), name.hex(), node.ino, kind, args])
-        for file_id, node in self.nodes.items():
+        ops.extend(self._times_kept(swapped_in))
+        for file_id, node in list(self.nodes.items()):
             if not node.names and file_id != ROOT_ID:
                 if node.base is not None:
                     removed.append(file_id)
@@ -635,6 +644,19 @@ class ChangeApplier:
         return {"version": journal.JOURNAL_VERSION, "root_ino": os.fstat(self.state.dest_fd).st_ino,
                 "stage": self.stage.name, "ops": ops, "stat": stat_list, "names": names, "removed": removed,
                 "held": held}
+
+    def _times_kept(self, dir_ids) -> list[list]:
+        """A swap changes its directory's mtime, which the stream did not change unless it set the
+        times: those of the directories it did not set, as they are now, restored after the swaps."""
+        ops = []
+        for dir_id in sorted(dir_ids):
+            node = self.node(dir_id, "a directory")
+            if node.base is None or any(kind == "utimes" for kind, _ in node.attrs):
+                continue  # new (its create's times are set), or timed by the stream
+            st = os.fstat(self._base_dir_fd(self.base_path(dir_id)))
+            ops.append(["attr", _hex_path(self.path(dir_id)), None, node.ino, "utimes",
+                        [st.st_atime_ns, st.st_mtime_ns]])
+        return ops
 
     def commit(self) -> None:
         self._finish_file()

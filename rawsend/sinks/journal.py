@@ -161,17 +161,30 @@ def _xattr(path: str, kind: str, args, follow: bool) -> None:
 
 # -- running the operations -------------------------------------------------------------------
 
+class _Gone(OSError):
+    """A directory an operation names by its path is not there (or is no directory now)."""
+
+
+def _dir(dirs: DirOpener, path) -> int:
+    try:
+        return dirs.get(_p(path))
+    except OSError as e:
+        if e.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+            raise _Gone(e.errno, e.strerror, e.filename) from None
+        raise
+
+
 def _run(op, dirs: DirOpener, stage_fd: int) -> None:
     kind = op[0]
     if kind == "place":  # a staged inode to its place
         _, sname, path, name, ino = op
         if _ino(stage_fd, sname.encode()) == ino:
-            renameat2(stage_fd, sname.encode(), dirs.get(_p(path)), dec(name), RENAME_NOREPLACE)
+            renameat2(stage_fd, sname.encode(), _dir(dirs, path), dec(name), RENAME_NOREPLACE)
     elif kind in ("rename", "link"):
         _, path, name, to_path, to_name, ino = op
-        src_fd = dirs.get(_p(path))
-        dst_fd = dirs.get(_p(to_path))
-        src_fd = dirs.get(_p(path))  # both held: opened last
+        src_fd = _dir(dirs, path)
+        dst_fd = _dir(dirs, to_path)
+        src_fd = _dir(dirs, path)  # both held: opened last
         if _ino(src_fd, dec(name)) != ino:
             return
         if kind == "rename":
@@ -181,7 +194,7 @@ def _run(op, dirs: DirOpener, stage_fd: int) -> None:
             os.link(dec(name), dec(to_name), src_dir_fd=src_fd, dst_dir_fd=dst_fd, follow_symlinks=False)
     elif kind in ("unlink", "rmdir"):
         _, path, name, ino = op
-        fd = dirs.get(_p(path))
+        fd = _dir(dirs, path)
         if _ino(fd, dec(name)) == ino:
             if kind == "unlink":
                 os.unlink(dec(name), dir_fd=fd)
@@ -190,12 +203,12 @@ def _run(op, dirs: DirOpener, stage_fd: int) -> None:
                 dirs.clear()
     elif kind == "swap":  # a rewritten file takes the place of its old inode
         _, sname, new_ino, path, name, old_ino = op
-        fd = dirs.get(_p(path))
+        fd = _dir(dirs, path)
         if _ino(stage_fd, sname.encode()) == new_ino and _ino(fd, dec(name)) == old_ino:
             renameat2(stage_fd, sname.encode(), fd, dec(name), RENAME_EXCHANGE)
     elif kind == "attr":
         _, path, name, ino, what, args = op
-        fd = dirs.get(_p(path))
+        fd = _dir(dirs, path)
         if name is None:
             st = os.fstat(fd)
             if st.st_ino == ino:
@@ -237,9 +250,15 @@ def write(sdir: Path, journal: dict) -> Path:
     return path
 
 
-def execute(state, journal: dict, jpath: Path, *, sync: bool = True) -> None:
+def execute(state, journal: dict, jpath: Path, *, sync: bool = True, resume: bool = False) -> None:
     """Run the journal's operations from the first not known to be done, record what DEST now holds
-    (one lstat per file the stream touched), then remove the journal and the staging directory."""
+    (one lstat per file the stream touched), then remove the journal and the staging directory.
+
+    ``resume``: the journal ran before and was cut short.  Its progress is not synced (an fsync
+    per operation would cost more than the operations), so after a crash of the machine it may
+    name an earlier operation than the last one done, or none; the operations from there on run
+    again.  One of those whose directory is gone was done: a later one moved or removed that
+    directory, and each operation's paths are those at its point of the sequence."""
     from rawsend.sinks.deststate import FileRow, Held, row_of
     sdir = state.dir
     stage = sdir / journal["stage"]
@@ -256,6 +275,13 @@ def execute(state, journal: dict, jpath: Path, *, sync: bool = True) -> None:
         for i in range(min(start, len(ops)), len(ops)):
             try:
                 _run(ops[i], dirs, stage_fd)
+            except _Gone as e:
+                if not resume:  # the first run: something else changed DEST during the commit
+                    raise DestinationError(f"applying the stream stopped in its commit phase at operation {i + 1}"
+                                           f" of {len(ops)}: a directory it changes is gone: {e.strerror}",
+                                           path=str(state.dest),
+                                           hint="fix the cause; the next 'rawsend status DEST' or receive"
+                                                " completes it") from None
             except OSError as e:
                 raise DestinationError(f"applying the stream stopped in its commit phase at operation {i + 1}"
                                        f" of {len(ops)}: {e.strerror}", path=str(state.dest),
@@ -308,5 +334,5 @@ def roll_forward(state, jpath: Path) -> bytes:
     if not ok:
         raise DestStateError("the journal of an interrupted apply does not belong to this DEST", path=str(jpath),
                              hint="remove the state directory and receive a full stream into a new DEST")
-    execute(state, journal, jpath)
+    execute(state, journal, jpath, resume=True)
     return bytes.fromhex(journal["held"]["stream_id"])
