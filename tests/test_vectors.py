@@ -320,3 +320,15 @@ def test_a_store_holding_the_base_links_the_encrypted_incremental_stream_to_it(t
     assert ("the store's stream 5eedc0de5eedc0de5eedc0de5eedc0de is not its base: its END digest is"
             " ffe33b19afbd9ee4..., the base record names fee33b19afbd9ee4...") in forged.stderr.decode(), forged.stderr
 
+
+def test_rekey_keeps_the_base_record_of_an_encrypted_incremental_stream_clear(tmp_path):
+    path = ENCRYPTED / "good_incremental.rs"
+    old, new, out = _key_file(tmp_path, "test.key"), _key_file(tmp_path, "other.key"), tmp_path / "rekeyed.rs"
+    run_rawsend("rekey", "--from", old, "--to", new, "-i", str(path), "-o", str(out), check=True)
+    data, rekeyed = path.read_bytes(), out.read_bytes()
+    assert len(rekeyed) == len(data)
+    assert rekeyed[117:189] == data[117:189]  # BASE, byte for byte: a store without the key still reads it
+    verified = run_rawsend("verify", "--key-file", new, str(out))
+    assert verified.returncode == 0 and verified.stdout.startswith(b"OK, authenticated"), verified.stderr
+    keyless = run_rawsend("dump", str(out), check=True).stdout.decode().splitlines()
+    assert keyless[1] == (ENCRYPTED / "good_incremental.keyless.dump").read_text().splitlines()[1]
