@@ -22,7 +22,7 @@ from rawsend.codecs.crypto import Keyring, Sealer
 from rawsend.codecs.keys import Key
 from rawsend.stream.checked import CheckedReader, EndEvent, HeaderEvent, RecordEvent
 from rawsend.stream.checker import Limits
-from rawsend.stream.records import Cipher, Extent, RecordType
+from rawsend.stream.records import FLAG_SEALED, Cipher, Extent, RecordType
 from rawsend.stream.writer import StreamWriter
 
 
@@ -68,6 +68,8 @@ def rekey(stream: BinaryIO, write: Callable[[bytes], None], old: Key | Keyring, 
             writer.write_record(RecordType.EXTENT, sealed.pack(), payload, flags=raw.flags)
             stats.extents += 1
             stats.payload_bytes += len(payload)
-        else:  # a metadata record, or a skippable one of a later version: only resealed
+        elif raw.flags & FLAG_SEALED:  # a metadata record, or a skippable one of a later version: only resealed
             writer.write_record(raw.type, sealer.seal_metadata(raw.index, raw.type, event.body), flags=raw.flags)
+        else:  # BASE, the one clear metadata record: copied as it is (the new END's MAC covers it)
+            writer.write_record(raw.type, raw.body, flags=raw.flags)
     raise AssertionError("unreachable: the reader ends with END or an error")

@@ -45,6 +45,10 @@ settings.load_profile("rawsend")
 ENCRYPTED = VECTORS / "encrypted"
 
 
+# incremental streams, clear and sealed: cuts, flips and splices meet BASE and the incremental records
+INCREMENTAL = ("vectors/good_incremental", "encrypted/good_incremental")
+
+
 @lru_cache(maxsize=1)
 def corpus() -> dict[str, bytes]:
     """Good streams: the small golden vectors when they exist, and streams made here."""
@@ -273,6 +277,14 @@ def test_the_crash_corpus_documents_each_input():
         note = path.with_suffix(".txt")
         assert note.exists(), f"{path.name} has no {note.name}"
         assert "crashed:" in note.read_text(), note
+
+
+def test_the_corpus_holds_the_incremental_streams_whole():
+    """Each is small enough for every bit flip, and a good stream as it stands (with the key)."""
+    for name in INCREMENTAL:
+        data = corpus()[name]
+        assert len(data) <= 2048, name
+        assert outcome(data, with_key=True) is None, name
 
 
 def test_the_framing_of_the_corpus_is_what_split_reads():

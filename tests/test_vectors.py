@@ -220,3 +220,115 @@ def test_receive_and_store_give_the_verdict_through_the_cli(name, tmp_path):
         where = f"record {expect['record']}, " if expect["record"] != "None" else ""
         assert f"(at {where}byte offset {expect['offset']})" in stderr, stderr
     assert not (tmp_path / "dest").exists()
+
+
+# -- encrypted incremental streams: with the key and without it, through the CLI ---------------------
+
+ENCRYPTED = VECTORS / "encrypted"
+ENCRYPTED_INCREMENTAL = sorted(p.stem for p in ENCRYPTED.glob("*.rs")
+                               if p.stem == "good_incremental" or p.stem.startswith("incremental_"))
+
+
+def _encrypted_expect(name: str) -> dict[str, str]:
+    return dict(line.split(": ", 1) for line in (ENCRYPTED / f"{name}.expect").read_text().splitlines())
+
+
+def _key_file(tmp_path: Path, name: str) -> str:
+    """The vector's key, with the mode a key file should have (git keeps the published ones 0644)."""
+    key = tmp_path / name
+    key.write_bytes((ENCRYPTED / name).read_bytes())
+    key.chmod(0o600)
+    return str(key)
+
+
+def _gives(proc, verdict: tuple, ok_stdout: bytes | None = None) -> None:
+    """``proc`` ended as ``verdict``: ("success",) or (error class, record, offset)."""
+    stderr = proc.stderr.decode()
+    if verdict == ("success",):
+        assert proc.returncode == 0, stderr
+        if ok_stdout is not None:
+            assert proc.stdout.startswith(ok_stdout), proc.stdout
+        return
+    cls, record, offset = verdict
+    assert proc.returncode == 1, stderr
+    assert stderr.startswith(_message_start(cls)), stderr
+    assert f"(at record {record}, byte offset {offset})" in stderr, stderr
+
+
+def _declared_verdicts(expect: dict[str, str]) -> tuple[tuple, tuple]:
+    keyed = ("success",) if expect["expect"] == "success" else (expect["expect"], expect["record"], expect["offset"])
+    keyless = ("success",) if expect["keyless"] == "success" else (
+        expect["keyless"], expect["keyless record"], expect["keyless offset"])
+    return keyed, keyless
+
+
+def test_there_are_good_and_damaged_encrypted_incremental_vectors():
+    assert "good_incremental" in ENCRYPTED_INCREMENTAL
+    verdicts = {_declared_verdicts(_encrypted_expect(n))[0][0] for n in ENCRYPTED_INCREMENTAL}
+    assert {"success", "AuthenticationFailed", "MalformedRecord", "RecordOrderError"} <= verdicts
+    # some are refused only with the key, some without it too
+    keyless = {_declared_verdicts(_encrypted_expect(n))[1][0] for n in ENCRYPTED_INCREMENTAL}
+    assert {"success", "MalformedRecord", "RecordOrderError"} <= keyless
+
+
+@pytest.mark.parametrize("name", ENCRYPTED_INCREMENTAL)
+def test_encrypted_incremental_vectors_give_their_verdicts_with_and_without_the_key(name, tmp_path):
+    expect = _encrypted_expect(name)
+    keyed, keyless = _declared_verdicts(expect)
+    path, key = str(ENCRYPTED / f"{name}.rs"), _key_file(tmp_path, expect["key"])
+    _gives(run_rawsend("verify", "--key-file", key, path), keyed, b"OK, authenticated")
+    _gives(run_rawsend("verify", path), keyless, b"intact, NOT authenticated")
+    _gives(run_rawsend("receive", "--store", "-f", path, str(tmp_path / "store")), keyless)
+    dump = run_rawsend("dump", "--key-file", key, path)
+    expected = (ENCRYPTED / f"{name}.dump").read_text()
+    if keyed == ("success",):
+        assert dump.returncode == 0 and dump.stdout.decode() == expected
+    else:
+        *lines, error = expected.rstrip("\n").split("\n")
+        assert dump.stdout.decode() == "".join(line + "\n" for line in lines)
+        assert dump.stderr.decode().strip() == "rawsend: " + error.removeprefix("error: ")
+    tree = run_rawsend("receive", "--no-sync", "--key-file", key, "-f", path, str(tmp_path / "dest"))
+    if _incremental(path):  # a new DEST holds no base: refused at the header, before any record
+        assert tree.returncode == 3 and b"the stream is incremental" in tree.stderr, tree.stderr
+    else:  # its header lost the feature bit: refused at the first incremental record
+        _gives(tree, keyed)
+    assert not (tmp_path / "dest").exists()
+
+
+def test_the_encrypted_incremental_stream_keeps_its_names_and_contents_sealed():
+    data = (ENCRYPTED / "good_incremental.rs").read_bytes()
+    for secret in (b"plans", b"fifo", b"secret-dir", b"new-plans", b"route.txt", b"note-too", b"user.",
+                   b"changed", b"north gate", b"tail"):
+        assert secret not in data, secret
+    # what stays clear is what a keyless reader needs: the base link, and the extents' clear fields
+    base = (ENCRYPTED / "good_aes256gcm.rs").read_bytes()
+    assert data[117 + RECORD_HEADER.size:][:16] == base[12 + RECORD_HEADER.size:][:16]  # BASE names its stream
+    assert data[117 + RECORD_HEADER.size + 16:][:32] == base[-64:-32]                   # and its END digest
+
+
+def test_a_store_holding_the_base_links_the_encrypted_incremental_stream_to_it(tmp_path):
+    """BASE is clear so that a store without the key links a stream to its base; it tells a BASE whose
+    digest is not the END digest of the stream it names (a keyless check of the stream cannot)."""
+    store = str(tmp_path / "store")
+    run_rawsend("receive", "--store", "-f", str(ENCRYPTED / "good_aes256gcm.rs"), store, check=True)
+    good = run_rawsend("receive", "--store", "-f", str(ENCRYPTED / "good_incremental.rs"), store, check=True)
+    assert b"is incremental and" not in good.stderr, good.stderr
+    other = str(tmp_path / "other")
+    run_rawsend("receive", "--store", "-f", str(ENCRYPTED / "good_aes256gcm.rs"), other, check=True)
+    forged = run_rawsend("receive", "--store", "-f", str(ENCRYPTED / "incremental_base_digest_wrong.rs"), other,
+                         check=True)
+    assert ("the store's stream 5eedc0de5eedc0de5eedc0de5eedc0de is not its base: its END digest is"
+            " ffe33b19afbd9ee4..., the base record names fee33b19afbd9ee4...") in forged.stderr.decode(), forged.stderr
+
+
+def test_rekey_keeps_the_base_record_of_an_encrypted_incremental_stream_clear(tmp_path):
+    path = ENCRYPTED / "good_incremental.rs"
+    old, new, out = _key_file(tmp_path, "test.key"), _key_file(tmp_path, "other.key"), tmp_path / "rekeyed.rs"
+    run_rawsend("rekey", "--from", old, "--to", new, "-i", str(path), "-o", str(out), check=True)
+    data, rekeyed = path.read_bytes(), out.read_bytes()
+    assert len(rekeyed) == len(data)
+    assert rekeyed[117:189] == data[117:189]  # BASE, byte for byte: a store without the key still reads it
+    verified = run_rawsend("verify", "--key-file", new, str(out))
+    assert verified.returncode == 0 and verified.stdout.startswith(b"OK, authenticated"), verified.stderr
+    keyless = run_rawsend("dump", str(out), check=True).stdout.decode().splitlines()
+    assert keyless[1] == (ENCRYPTED / "good_incremental.keyless.dump").read_text().splitlines()[1]

@@ -152,7 +152,7 @@ class CheckedReader:
             if self._encrypted or raw.flags & FLAG_SEALED:
                 check_sealing(header, raw)
             if self._incremental or rtype in CLEAR_RULE_TYPES:
-                check_clear_rules(header, rtype, raw.index)
+                check_clear_rules(header, rtype, raw.index, raw.flags)
             if rtype not in _TYPE_NAMES:  # skippable, of a later version: the reader said so
                 body = opener.open_metadata(raw) if opener is not None else raw.body
                 return SkippedEvent(raw, body)  # authenticated like any record, then skipped

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from rawsend.errors import LimitExceeded, MalformedRecord, RecordOrderError
 from rawsend.stream.records import (
-    ROOT_ID, Base, Chmod, Chown, Compression, Create, Extent, Feature, Header, Link, PunchHole, RecordType,
+    FLAG_SEALED, ROOT_ID, Base, Chmod, Chown, Compression, Create, Extent, Feature, Header, Link, PunchHole, RecordType,
     RemoveXattr, Rename, Rmdir, SetXattr, Truncate, Unlink, UpdateFile, Utimes,
 )
 
@@ -269,9 +269,9 @@ def check_extent_features(header: Header, extent: Extent) -> None:
                                    " the stream is damaged or not conforming")
 
 
-def check_clear_rules(header: Header, raw_type: int, index: int) -> None:
+def check_clear_rules(header: Header, raw_type: int, index: int, flags: int = 0) -> None:
     """Rules on what a keyless reader sees too: incremental records need their feature bit,
-    and an incremental stream's record 1 is BASE."""
+    an incremental stream's record 1 is BASE, and BASE is never sealed."""
     incremental = header.required_features & Feature.INCREMENTAL
     if raw_type in RecordType.INCREMENTAL and not incremental:
         raise MalformedRecord(f"{RecordType.NAMES[raw_type]} record in a stream whose header does not set"
@@ -280,6 +280,11 @@ def check_clear_rules(header: Header, raw_type: int, index: int) -> None:
                                    " conforming")
     if incremental and (index == 1) != (raw_type == RecordType.BASE):
         raise RecordOrderError("an incremental stream's record 1 must be its base record, and only record 1")
+    if raw_type == RecordType.BASE and flags & FLAG_SEALED:
+        # sealed, it would hide the base link from a store without the key, which would keep the
+        # stream as a full one
+        raise MalformedRecord("base record sealed; BASE stays in the clear in an encrypted stream",
+                              hint="the stream is damaged or not conforming")
     if raw_type == RecordType.LABEL and index != 2:
         raise RecordOrderError(f"a label record as record {index}; it may only be record 2 (after the root, or"
                                " after BASE), once")

@@ -52,14 +52,16 @@ from rawsend.sources.tree import DataChunk, EncodedChunk
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from generate import fix_crc, frame, record_spans, record_types  # noqa: E402  (record surgery is shared)
 from rawsend.stream.records import (
-    END_BODY, EXTENT_BODY, HEADER_BODY, PREAMBLE, RECORD_HEADER, Cipher,
-    Compression, Create, End, Extent, Link, RecordType, SetXattr,
+    END_BODY, EXTENT_BODY, HEADER_BODY, PREAMBLE, RECORD_HEADER, Base, Chmod, Chown, Cipher,
+    Compression, Create, End, Extent, Feature, Link, PunchHole, RecordType, RemoveXattr, Rename, Rmdir, SetXattr,
+    Truncate, Unlink, UpdateFile, Utimes,
 )
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "encrypted"
 STREAM_ID = bytes.fromhex("5eedc0de5eedc0de5eedc0de5eedc0de")
 OTHER_STREAM_ID = bytes.fromhex("0babe0000babe0000babe0000babe000")
+INCREMENTAL_ID = bytes.fromhex("5eedf00d5eedf00d5eedf00d5eedf00d")  # changes good_aes256gcm's tree
 CREATED_NS = 1_795_000_000_123_456_789
 T1 = 1_700_000_000_000_000_001
 T2 = 1_600_000_000_999_999_999
@@ -123,12 +125,49 @@ def items() -> list:
 
 
 def build(key: Key = TEST_KEY, cipher: int = Cipher.AES_256_GCM, stream_id: bytes = STREAM_ID,
-          random=None, tree: list | None = None) -> bytes:
+          random=None, tree: list | None = None, required: int = 0) -> bytes:
     out = bytearray()
     random = random or DeterministicRandom(b"rawsend vector " + stream_id + bytes([cipher]) + key.key_id)
     send(tree or items(), out.extend, compression=Compression.NONE, threads=1, stream_id=stream_id,
-         created_ns=CREATED_NS, sealer=Sealer(key, cipher, random=random))
+         created_ns=CREATED_NS, sealer=Sealer(key, cipher, random=random), required=required)
     return bytes(out)
+
+
+def incremental_items(base_digest: bytes, base: type = Base) -> list:
+    """Changes to good_aes256gcm's tree (ids 1..7, next id 8): one record of each incremental type,
+    in the writer's order.  ``base``: the class of the BASE record (a vector seals it)."""
+    d, f = stat.S_IFDIR, stat.S_IFREG
+    return [
+        base(STREAM_ID, base_digest, 8),
+        Unlink(7, 1, b"fifo"),
+        Unlink(3, 1, b"plans-link.txt"),                   # one name of the hard-linked plans.txt goes
+        Rename(3, 2, b"plans.txt", 1, b"plans.txt"),       # and its other name moves out of secret-dir
+        Create(RecordType.MKDIR, 8, 1, b"new-plans", d | 0o700, 1000, 100, T1, T1),
+        Create(RecordType.MKFILE, 9, 8, b"route.txt", f | 0o600, 1000, 100, T1, T1, 11),
+        DataChunk(9, 0, b"north gate\n"),
+        Link(4, 8, b"note-too.txt"),
+        Rmdir(2, 1, b"secret-dir"),                        # empty now
+        Truncate(5, 2 << 20),                              # sparse.img grows to 2 MiB
+        UpdateFile(5, 2 << 20),
+        PunchHole(5, 512 * 1024, 4096),                    # its data block becomes a hole
+        DataChunk(5, 1 << 20, b"tail"),                    # and it gets data further on
+        Chown(4, 1000, 1000),
+        Chmod(4, 0o640),
+        RemoveXattr(3, b"user.b"),
+        SetXattr(3, b"user.a", b"changed"),
+        Utimes(1, T2, T2),
+    ]
+
+
+class SealedBase(Base):
+    """A BASE that a writer seals like every other record: what the spec forbids."""
+
+    SEALED = True
+
+
+def build_incremental(base_digest: bytes, tree: list | None = None) -> bytes:
+    return build(stream_id=INCREMENTAL_ID, tree=tree or incremental_items(base_digest),
+                 required=Feature.INCREMENTAL)
 
 
 # -- record surgery -------------------------------------------------------------------------------
@@ -258,6 +297,113 @@ def damaged(good: bytes) -> dict[str, tuple[bytes, str, str]]:
     return out
 
 
+# Record offsets of good_incremental (see its .dump): HEADER at 12, BASE (clear, 16 + 56 bytes) at 117,
+# then each sealed record is 16 + 12 + its clear body + 16 bytes, each extent 16 + 80 + payload + 16.
+INC_BASE, INC_UNLINK, INC_RENAME, INC_LINK = 117, 189, 331, 778      # records 1, 2, 4, 8
+INC_RMDIR, INC_TAIL, INC_END = 852, 1112, 1551                       # records 9, 13, 19
+
+
+def incremental_vectors(good_base: bytes) -> dict[str, tuple[bytes, str, str]]:
+    """good_incremental (against good_aes256gcm) and the damaged incremental vectors."""
+    digest = End.unpack(good_base[-END_BODY.size:]).digest
+    good = build_incremental(digest)
+    spans, types = record_spans(good), record_types(good)
+    assert [s for s, _ in spans][1:] == [
+        INC_BASE, INC_UNLINK, 255, INC_RENAME, 421, 538, 655, INC_LINK, INC_RMDIR, 924, 984, 1044, 1112,
+        1228, 1288, 1344, 1404, 1475, INC_END] and spans[-1][1] == INC_END + 96
+    out = {"good_incremental": (good, "test.key", "an incremental stream against good_aes256gcm, AES-256-GCM:"
+                                                  " one record of each incremental type")}
+
+    def body_at(i: int) -> int:
+        return spans[i][0] + RECORD_HEADER.size
+
+    out["incremental_base_sealed"] = (
+        build_incremental(digest, incremental_items(digest, SealedBase)), "test.key",
+        "BASE sealed by the writer like every other record (an honest AEAD under test.key)")
+
+    s = bytearray(good)
+    s[body_at(1) + 16] ^= 0x01  # the first byte of the base's END digest
+    fix_crc(s, spans[1][0])
+    out["incremental_base_digest_wrong"] = (
+        refinish(bytes(s)), "test.key",
+        "one bit of the clear BASE's digest flipped: it names a base that is not good_aes256gcm")
+
+    s = bytearray(good)
+    assert types[2] == RecordType.UNLINK
+    struct_type = RECORD_HEADER.unpack_from(s, spans[2][0])
+    RECORD_HEADER.pack_into(s, spans[2][0], RecordType.RMDIR, *struct_type[1:])
+    fix_crc(s, spans[2][0])
+    out["incremental_type_relabelled"] = (
+        refinish(bytes(s)), "test.key",
+        "the clear record type of a sealed unlink changed to rmdir (the same body layout)")
+
+    s = bytearray(good)
+    assert types[4] == RecordType.RENAME
+    s[spans[4][1] - 1] ^= 0x80  # the last byte of the AEAD tag
+    fix_crc(s, spans[4][0])
+    out["incremental_record_tag_wrong"] = (refinish(bytes(s)), "test.key",
+                                           "one bit of a sealed rename's AEAD tag flipped")
+
+    s = bytearray(good)
+    assert types[13] == RecordType.EXTENT
+    fields = list(EXTENT_BODY.unpack_from(s, body_at(13)))
+    fields[1] += 512 * 1024  # 1 MiB -> 1.5 MiB, still inside the 2 MiB the update_file declares
+    EXTENT_BODY.pack_into(s, body_at(13), *fields)
+    fix_crc(s, spans[13][0])
+    out["incremental_extent_moved"] = (
+        refinish(bytes(s)), "test.key",
+        "the clear file offset of an extent after update_file changed from 1 MiB to 1.5 MiB")
+
+    clear = Rename(3, 2, b"plans.txt", 1, b"plans.txt").pack()
+    out["incremental_record_in_the_clear"] = (
+        refinish(good[:spans[4][0]] + frame(RecordType.RENAME, 0, clear) + good[spans[4][1]:]), "test.key",
+        "a sealed rename replaced by the same record in the clear")
+
+    s = bytearray(good)
+    h = list(HEADER_BODY.unpack_from(s, body_at(0)))
+    h[2] &= ~Feature.INCREMENTAL
+    HEADER_BODY.pack_into(s, body_at(0), *h)
+    fix_crc(s, spans[0][0])
+    out["incremental_without_feature"] = (
+        refinish(bytes(s)), "test.key", "the header's required feature incremental cleared, encrypted kept")
+
+    out["incremental_without_base"] = (refinish(good[:spans[1][0]] + good[spans[1][1]:]), "test.key",
+                                       "the clear BASE record dropped")
+
+    twice = incremental_items(digest)
+    twice.insert(twice.index(Link(4, 8, b"note-too.txt")) + 1, Link(4, 8, b"route.txt"))
+    out["incremental_name_twice"] = (
+        build_incremental(digest, twice), "test.key",
+        "a sealed link adds a name this stream already created in new-plans")
+    return out
+
+
+INC = "stream-format.md Incremental streams: "
+DECLARED_INCREMENTAL = {
+    "good_incremental": Declared("an incremental stream: every rule kept", OK),
+    "incremental_base_sealed": Declared(INC + "BASE stays clear (flags 0, never sealed)",
+                                        ("MalformedRecord", 1, INC_BASE), ("MalformedRecord", 1, INC_BASE)),
+    # BASE is clear, so only END's MAC (whose digest covers BASE's CRC) authenticates it; a store
+    # that holds good_aes256gcm sees that the digest is not its END digest (tests/test_vectors.py)
+    "incremental_base_digest_wrong": Declared("encryption.md: END's MAC authenticates the clear BASE",
+                                              ("AuthenticationFailed", 19, INC_END)),
+    "incremental_type_relabelled": Declared(AUTH + " (its type)", ("AuthenticationFailed", 2, INC_UNLINK)),
+    "incremental_record_tag_wrong": Declared(AUTH, ("AuthenticationFailed", 4, INC_RENAME)),
+    "incremental_extent_moved": Declared(AUTH + " (the associated data binds the file offset)",
+                                         ("AuthenticationFailed", 13, INC_TAIL)),
+    "incremental_record_in_the_clear": Declared(INC + "every incremental record but BASE is sealed",
+                                                ("MalformedRecord", 4, INC_RENAME),
+                                                ("MalformedRecord", 4, INC_RENAME)),
+    "incremental_without_feature": Declared(INC + "an incremental record needs the feature (its type is clear)",
+                                            ("MalformedRecord", 1, INC_BASE), ("MalformedRecord", 1, INC_BASE)),
+    "incremental_without_base": Declared(INC + "record 1 is BASE (its type is clear)",
+                                         ("RecordOrderError", 1, INC_BASE), ("RecordOrderError", 1, INC_BASE)),
+    # names are sealed: without the key rule 7 cannot be checked
+    "incremental_name_twice": Declared(INC + "rule 7, a name twice in a directory the stream made",
+                                       ("MalformedRecord", 9, INC_RMDIR)),
+}
+
+
 DECLARED = {
     "good_aes256gcm": Declared("a good stream: every rule kept", OK),
     "good_chacha20poly1305": Declared("a good stream: every rule kept", OK),
@@ -287,6 +433,7 @@ DECLARED = {
     # without the key the names are sealed: rule 5 cannot be checked, and verify says so
     "name_twice": Declared("stream-format.md Record order, rule 5: a name once per directory",
                            ("MalformedRecord", 16, END_AT)),
+    **DECLARED_INCREMENTAL,
 }
 
 
@@ -297,6 +444,7 @@ def vectors() -> dict[str, tuple[bytes, str, str]]:
                                   "a good stream, ChaCha20-Poly1305"),
     }
     out.update(damaged(out["good_aes256gcm"][0]))
+    out.update(incremental_vectors(out["good_aes256gcm"][0]))
     return out
 
 
