@@ -355,7 +355,7 @@ class TrackedSend:
 
 def _poisoned(entry: Entry, extents) -> Entry:
     """The entry with a ctime no file has, so the next send reads the file again."""
-    return replace(entry, ctime_ns=-1, extents=tuple(extents))
+    return entry._replace(ctime_ns=-1, extents=tuple(extents))
 
 
 def _cut(pos: int, end: int, lens: dict, starts: list) -> int:
@@ -422,12 +422,15 @@ def _renumber(plan: Plan, now: Scan, first_id: int):
     m = ids.get
 
     def entry(e: Entry) -> Entry:
-        names = tuple(sorted((m(p, p), n) for p, n in e.names))
-        fid = m(e.file_id, e.file_id)
-        if fid == e.file_id and names == e.names:
-            return e
-        return Entry(fid, e.dev, e.ino, e.mode, e.uid, e.gid, e.size, e.mtime_ns, e.ctime_ns, names, e.xattrs,
-                     e.extents, e.btime_ns)
+        fid, names = e[0], e[9]
+        for p, _ in names:
+            if p in ids:
+                names = tuple(sorted((m(p, p), n) for p, n in names))
+                break
+        else:
+            if fid not in ids:
+                return e  # most inodes: neither they nor their directories are new
+        return e._replace(file_id=m(fid, fid), names=names)
 
     new_ops = []
     for op in plan.ops:
