@@ -20,11 +20,13 @@ from __future__ import annotations
 
 import bisect
 import errno
+import gc
 import os
 import stat
 import tempfile
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor, wait
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Callable, Iterator
 
@@ -105,8 +107,9 @@ class TrackedSend:
             raise
         try:
             info = state.pick_parent(parent)
-            old = state.manifest(info) if info is not None else {}
-            send = cls(state, info, old)
+            with _gc_paused():
+                old = state.manifest(info) if info is not None else {}
+                send = cls(state, info, old)
             send._scratch = scratch
             return send
         except BaseException:
@@ -132,10 +135,11 @@ class TrackedSend:
         skip_inodes[(st.st_dev, st.st_ino)] = self.state.path
         # the parent's xattrs and birth times hold for inodes whose ctime is the parent's, outside the race guard
         trusted = self.parent.started_ns - GRANULARITY_NS if self.parent else 0
-        now = scan(src, self.ids, self.state.digester, one_file_system=one_file_system, report=self.report,
-                   exclude=exclude, skip_inodes=skip_inodes, trusted_before_ns=trusted)
-        plan = diff(self.old, now, parent_started_ns=self.parent.started_ns if self.parent else 0)
-        self.plan, self.scanned = _renumber(plan, now, self.first_id)
+        with _gc_paused():
+            now = scan(src, self.ids, self.state.digester, one_file_system=one_file_system, report=self.report,
+                       exclude=exclude, skip_inodes=skip_inodes, trusted_before_ns=trusted)
+            plan = diff(self.old, now, parent_started_ns=self.parent.started_ns if self.parent else 0)
+            self.plan, self.scanned = _renumber(plan, now, self.first_id)
         self.now = now
         for op in self.plan.ops:
             kind = KINDS[type(op)]
@@ -394,6 +398,20 @@ class TrackedSend:
             self.stats.warnings.append(Replaced(shown))
             return None
         return fd
+
+
+@contextmanager
+def _gc_paused():
+    """The cyclic garbage collector off while a manifest or a scan is built: tens of thousands of
+    tuples that hold no cycles, which every collection would walk again (a quarter of the CPU
+    time of loading, scanning and diffing)."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
 
 
 def _poisoned(entry: Entry, extents) -> Entry:
