@@ -23,6 +23,7 @@ import sqlite3
 import stat
 import time
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Callable
 
 from rawsend import fsutil
@@ -508,20 +509,40 @@ def _check_tree(entries: dict[int, Entry], path: str, stream: str) -> None:
     root = entries.get(ROOT_ID)
     if root is None or not root.is_dir or root.names != (ROOT_NAME,):
         raise StateDamaged(f"stream {stream} has no root directory (file id {ROOT_ID})", path=path)
+    dirs = {fid: e for fid, e in entries.items() if e[3] & _IFMT == stat.S_IFDIR}
+    slots = [slot for e in entries.values() if e[0] != ROOT_ID for slot in e[9]]
+    names = list(map(itemgetter(1), slots))
+    joined = b"\0".join(names)
+    # every rule at once, in C loops over all names; _tree_problem() finds the first broken one
+    if not (all(len(e[9]) == 1 for e in dirs.values()) and dirs.keys() >= set(map(itemgetter(0), slots))
+            and len(set(slots)) == len(slots) and b"/" not in joined and joined.count(b"\0") == max(len(names) - 1, 0)
+            and min(map(len, names), default=1) > 0 and max(map(len, names), default=0) <= MAX_NAME_LEN
+            and {b".", b".."}.isdisjoint(names)):
+        _tree_problem(entries, path, stream)
+    # every parent is a directory: the tree has no cycle when every directory reaches the root
+    reaches_root = {ROOT_ID}
+    for e in dirs.values():
+        chain, fid = [], e[0]
+        while fid not in reaches_root:
+            chain.append(fid)
+            if len(chain) > len(dirs):
+                raise StateDamaged(f"directories of stream {stream} form a cycle at file id {e[0]}", path=path)
+            fid = entries[fid][9][0][0]
+        reaches_root.update(chain)
+
+
+def _tree_problem(entries: dict[int, Entry], path: str, stream: str) -> None:
+    """Raise StateDamaged naming the first entry that breaks a rule of _check_tree."""
     slots: set = set()
-    get = entries.get
-    dirs = []
     for e in entries.values():
         names = e[9]
-        if e[3] & _IFMT == stat.S_IFDIR:
-            if len(names) != 1:
-                raise StateDamaged(f"directory file id {e[0]} has {len(names)} names", path=path)
-            dirs.append(e)
+        if e[3] & _IFMT == stat.S_IFDIR and len(names) != 1:
+            raise StateDamaged(f"directory file id {e[0]} has {len(names)} names", path=path)
         if e[0] == ROOT_ID:
             continue
         for slot in names:
             parent, name = slot
-            p = get(parent)
+            p = entries.get(parent)
             if p is None or p[3] & _IFMT != stat.S_IFDIR:
                 raise StateDamaged(f"file id {e[0]} is in {parent}, which is not a directory of stream"
                                    f" {stream}", path=path)
@@ -530,16 +551,7 @@ def _check_tree(entries: dict[int, Entry], path: str, stream: str) -> None:
             if slot in slots:
                 raise StateDamaged(f"two inodes are named {name!r} in directory {parent}", path=path)
             slots.add(slot)
-    # every parent is a directory: the tree has no cycle when every directory reaches the root
-    reaches_root = {ROOT_ID}
-    for e in dirs:
-        chain, fid = [], e[0]
-        while fid not in reaches_root:
-            chain.append(fid)
-            if len(chain) > len(dirs):
-                raise StateDamaged(f"directories of stream {stream} form a cycle at file id {e[0]}", path=path)
-            fid = entries[fid][9][0][0]
-        reaches_root.update(chain)
+    raise StateDamaged(f"stream {stream} is not one tree", path=path)  # not reached: the rules are the same
 
 
 def _prune(db: sqlite3.Connection, keep: int) -> None:
