@@ -332,6 +332,20 @@ class Incremental:
                        check=True, stderr=subprocess.DEVNULL)
         self.base_state_bytes = state.stat().st_size
         self._change(random.Random(12))
+        # the receiver's streams: the changed tree in full, and the incremental the apply case applies
+        subprocess.run([rawsend, "send", "-o", str(self.full_stream), str(self.tree)], check=True,
+                       stderr=subprocess.DEVNULL)
+        shutil.copy2(state, self.root / "STATE.apply")
+        subprocess.run([rawsend, "send", "--state", str(self.root / "STATE.apply"), "-o", str(self.inc_stream),
+                        str(self.tree)], check=True, stderr=subprocess.DEVNULL)
+
+    @property
+    def full_stream(self) -> Path:
+        return self.root / "now-full.rs"
+
+    @property
+    def inc_stream(self) -> Path:
+        return self.root / "now-inc.rs"
 
     def _change(self, rng: random.Random) -> None:
         t = self.tree
@@ -379,9 +393,21 @@ class Incremental:
                     state_growth_bytes_per_file=(after - self.base_state_bytes) / self.files)
 
 
-def incremental_cases(rawsend: str, inc: Incremental, m: dict) -> list[Case]:
+def incremental_cases(rawsend: str, inc: Incremental, m: dict, dest: "Destination | None") -> list[Case]:
     t, r = str(inc.tree), inc.root
     L, F = m["logical_bytes"], m["files"]
+    dst = dest.path / "tree" if dest else Path("DIR")
+    no_dest = None if dest else "no destination yet"
+
+    def fresh() -> None:
+        dest.fresh()
+
+    def holding_base() -> None:  # DEST holds the base: received from the first stream, synced, outside the timing
+        dest.fresh()
+        with open(r / "first.rs", "rb") as f:
+            subprocess.run([rawsend, "receive", str(dst)], stdin=f, check=True, stderr=subprocess.DEVNULL)
+        syncfs(dest.path)
+
     return [
         Case("rs-inc-plain", "incremental", "rawsend send > FILE (the changed tree, full)",
              [[rawsend, "send", t]], L, F, stdout=str(r / "full.rs"), rawsend=True, skip=inc.skip),
@@ -391,6 +417,12 @@ def incremental_cases(rawsend: str, inc: Incremental, m: dict) -> list[Case]:
         Case("rs-inc", "incremental", "rawsend send --state STATE > FILE (about 1 % changed)",
              [[rawsend, "send", "--state", str(r / "STATE"), t]], L, F, stdout=str(r / "inc.rs"),
              before=inc.reset_state, peer="rs-inc-plain", rawsend=True, skip=inc.skip),
+        Case("rs-inc-recv", "incremental", "cat FULL | rawsend receive DIR (the changed tree, full)",
+             [["cat", str(inc.full_stream)], [rawsend, "receive", str(dst)]], L, F, sync=dest and dest.path,
+             before=fresh, rawsend=True, skip=inc.skip or no_dest),
+        Case("rs-inc-apply", "incremental", "cat INCREMENTAL | rawsend receive DIR (DIR holds the base)",
+             [["cat", str(inc.inc_stream)], [rawsend, "receive", str(dst)]], L, F, sync=dest and dest.path,
+             before=holding_base, peer="rs-inc-recv", rawsend=True, skip=inc.skip or no_dest),
     ]
 
 
@@ -663,6 +695,9 @@ def targets(by_name: dict[str, Case], peak_rss: float | None) -> list[dict]:
     v, why = speed("rs-inc", "rs-inc-plain")
     add("incremental send wall <= 15 % of the full send's (send --state vs send)",
         None if v is None else 100 / v, 15, why, unit="%", higher_is_better=False)
+    v, why = speed("rs-inc-apply", "rs-inc-recv")
+    add("incremental receive (apply) wall <= 15 % of the full receive's (receive into DIR holding the base"
+        " vs into an empty one)", None if v is None else 100 / v, 15, why, unit="%", higher_is_better=False)
     add("STATE bytes per file per kept stream <= 200 (the first stream's; each later one adds"
         f" {inc['state_growth_bytes_per_file']:.1f})" if inc else "STATE bytes per file per kept stream <= 200",
         inc.get("state_first_stream_bytes_per_file"), 200, None if inc else "not run", unit="B",
@@ -768,18 +803,18 @@ def main(argv=None) -> int:
         return [c for c in all_cases if c.name in names]
 
     inc = Incremental(tmp / "incremental")
-    inc_cases = selected(incremental_cases(rawsend, inc, m))
-    if inc_cases:
+    inc_m = m
+    if selected(incremental_cases(rawsend, inc, m, None)):
         print("setting up the incremental cases (a copy of the corpus, a full send, 1 % changed) ...",
               file=sys.stderr, flush=True)
         inc.setup(rawsend, src)
         inc_m = corpus.measure(inc.tree)
-        inc_cases = selected(incremental_cases(rawsend, inc, inc_m))
 
     started = time.monotonic()
     dest = Destination(tmp, max(1 << 30, int(3 * args.scale * (1 << 30)) + (512 << 20)))
     info["destination"] = dest.kind
     try:
+        inc_cases = selected(incremental_cases(rawsend, inc, inc_m, dest))
         cases = selected(tree_cases(rawsend, src, m, small, ms, huge, mh, stream, dest, enc_skip, key,
                                     store_skip, relay_store, many, deep)) + inc_cases
         with BtrfsPair(args.scale, src, bt_skip) as pair:
@@ -797,7 +832,7 @@ def main(argv=None) -> int:
     finally:
         dest.close()
     info["bench_seconds"] = round(time.monotonic() - started, 1)
-    if inc_cases and all(c.samples for c in inc_cases):
+    if {"rs-inc", "rs-inc-plain"} <= {c.name for c in inc_cases if c.samples}:  # figures() reads their streams
         INCREMENTAL.update(inc.figures())
     out = report(cases, info, args)
     if INCREMENTAL:

@@ -30,13 +30,15 @@ an ExtentMatcher keeps the extents whose keyed digest is the parent's from being
 from __future__ import annotations
 
 import stat
+from collections import Counter
 from dataclasses import dataclass, replace
 
-from rawsend.incremental.manifest import Entry, Extent, Name, Scan, Scanned, walk_paths
+from rawsend.incremental.manifest import Entry, Extent, Name, Scan, Scanned
 from rawsend.stream.records import ROOT_ID
 
 # Coarsest local timestamp granularity (FAT: 2 s; ext4, xfs, btrfs tick at most every 10 ms).
 GRANULARITY_NS = 2_000_000_000
+_IFMT = 0o170000
 TEMP_PREFIX = b".rawsend-tmp-"
 
 
@@ -257,10 +259,22 @@ def diff(parent: dict[int, Entry], scan: Scan, *, parent_started_ns: int = 0) ->
     reread: set[int] = set()
     entries: dict[int, Entry] = {}
     _Namespace(parent, new, scan.entries, ops).run()
-    new_paths = walk_paths(new)
+    new_paths = _Paths(new)
     utimes = []
+    racy_from = parent_started_ns - GRANULARITY_NS
+    get_old = parent.get
     for fid, scanned in scan.entries.items():
-        e, path, old = scanned.entry, new_paths[fid], parent.get(fid)
+        e = scanned.entry
+        old = get_old(fid)
+        if old is e:  # the scan found the parent's regular file unchanged (manifest._Scanner._walk)
+            entries[fid] = e
+            if e.size and (e.mtime_ns >= racy_from or e.ctime_ns >= racy_from):  # _data_reason's "racy"
+                path = new_paths[fid]
+                ops.append(DataChanged(fid, e.size, old.extents, "racy", path))
+                reread.add(fid)
+                utimes.append(Utimes(fid, scanned.atime_ns, e.mtime_ns, path))
+            continue
+        path = new_paths[fid]
         if old is not None and old.kind != e.kind:
             old = None  # cannot happen with FileIds, kept safe: treat as new
         entries[fid] = e
@@ -297,6 +311,34 @@ def diff(parent: dict[int, Entry], scan: Scan, *, parent_started_ns: int = 0) ->
     return Plan(ops, entries, reread)
 
 
+class _Paths:
+    """file id -> the path of its first name in ``entries`` (as walk_paths), worked out only for
+    the ids asked for: most inodes of an incremental send have no operation to name."""
+
+    def __init__(self, entries: dict[int, Entry]):
+        self.entries = entries
+        self.known: dict[int, bytes] = {}
+
+    def __getitem__(self, fid: int) -> bytes:
+        known = self.known
+        path = known.get(fid)
+        if path is not None:
+            return path
+        chain = []
+        while fid not in known:
+            parent, name = self.entries[fid].names[0]
+            if parent == 0:
+                known[fid] = b""
+                break
+            chain.append((fid, name))
+            fid = parent
+        for child, name in reversed(chain):
+            up = known[fid]
+            known[child] = up + b"/" + name if up else name
+            fid = child
+        return known[fid]
+
+
 def _data_reason(old: Entry, new: Entry, parent_started_ns: int) -> str | None:
     if new.size != old.size:
         return "size"
@@ -311,29 +353,44 @@ def _data_reason(old: Entry, new: Entry, parent_started_ns: int) -> str | None:
     return None
 
 
+class _NamesNow(dict):
+    """file id -> the set of its names now; an inode not touched yet has its parent names."""
+
+    def __init__(self, old: dict[int, Entry]):
+        super().__init__()
+        self.old = old
+
+    def __missing__(self, fid: int) -> set:
+        names = self[fid] = set(self.old[fid].names)
+        return names
+
+
 class _Namespace:
     """Simulates the receiver's tree while ordering the namespace operations."""
 
     def __init__(self, old: dict[int, Entry], new: dict[int, Entry], scanned: dict[int, Scanned], ops: list):
         self.old, self.new, self.scanned, self.ops = old, new, scanned, ops
-        self.slot: dict[Name, int] = {}           # (parent, name) -> file id, as the tree is now
-        self.names: dict[int, set[Name]] = {}     # file id -> its names now
-        self.children: dict[int, int] = {0: 0}    # directory -> number of names in it
-        self.dirs = {0}                           # directories that exist (0: above the root)
-        self.parent_of: dict[int, int] = {}       # directory -> its parent directory
-        for fid, e in old.items():
-            self._put(fid, e, list(e.names))
-        self.new_root_names = {n for e in new.values() for p, n in e.names if p == ROOT_ID}
+        # built in bulk from the parent; most inodes keep their names and are never looked at again
+        self.slot: dict[Name, int] = {n: fid for fid, e in old.items() for n in e.names}  # (parent, name) -> id
+        self.names = _NamesNow(old)               # file id -> its names now
+        self.children: dict[int, int] = Counter(p for e in old.values() for p, _ in e.names)  # dir -> names in it
+        dirs = [(fid, e.names[0][0]) for fid, e in old.items() if e.mode & _IFMT == stat.S_IFDIR]
+        self.dirs = {0, *(fid for fid, _ in dirs)}  # directories that exist (0: above the root)
+        self.parent_of: dict[int, int] = dict(dirs)  # directory -> its parent directory
+        self._new_root_names: set | None = None
+
+    @property
+    def new_root_names(self) -> set:
+        if self._new_root_names is None:
+            self._new_root_names = {n for e in self.new.values() for p, n in e.names if p == ROOT_ID}
+        return self._new_root_names
 
     # the simulated tree
 
-    def _put(self, fid: int, e: Entry, names: list[Name]) -> None:
+    def _put(self, fid: int, e: Entry) -> None:
         self.names[fid] = set()
         if e.is_dir:
             self.dirs.add(fid)
-            self.children.setdefault(fid, 0)
-        for n in names:
-            self._add_name(fid, n)
 
     def _add_name(self, fid: int, n: Name) -> None:
         self.slot[n] = fid
@@ -380,14 +437,17 @@ class _Namespace:
         old, new = self.old, self.new
         removed, renames, links, creates, rmdirs = [], {}, [], [], []
         for fid, e in old.items():
-            if fid not in new:
+            now = new.get(fid)
+            if now is None:
                 if e.is_dir:
                     rmdirs.append(fid)
                 else:
                     removed.extend((fid, n) for n in e.names)
                 continue
-            gone = sorted(set(e.names) - set(new[fid].names))
-            added = sorted(set(new[fid].names) - set(e.names))
+            if now is e or now.names == e.names:
+                continue
+            gone = sorted(set(e.names) - set(now.names))
+            added = sorted(set(now.names) - set(e.names))
             for src, dst in zip(gone, added):
                 renames[src] = (fid, dst)
             removed.extend((fid, n) for n in gone[len(added):])
@@ -412,7 +472,7 @@ class _Namespace:
                     progress = True
             still = []
             for fid, n, first in pending_links:
-                if (first or fid in self.names) and self._can_take(None, n):
+                if (first or fid in self.names or fid in old) and self._can_take(None, n):
                     if first:
                         self._create(fid, n)
                     else:
@@ -463,6 +523,6 @@ class _Namespace:
 
     def _create(self, fid: int, n: Name) -> None:
         s = self.scanned[fid]
-        self._put(fid, s.entry, [])
+        self._put(fid, s.entry)
         self._add_name(fid, n)
         self.ops.append(Create(fid, n[0], n[1], self.path(n), s.entry, s.atime_ns, s.target))

@@ -20,9 +20,13 @@ from __future__ import annotations
 
 import bisect
 import errno
+import gc
 import os
 import stat
 import tempfile
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor, wait
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Callable, Iterator
 
@@ -39,6 +43,8 @@ from rawsend.stream import records as rec
 from rawsend.stream.records import MAX_EXTENT_LEN, ROOT_ID, Feature, RecordType
 
 CHUNK = MAX_EXTENT_LEN  # extents of at most 128 KiB, as the tree source cuts them
+READ_AHEAD = 8               # extents read and digested ahead of the stream, at most (1 MiB)
+THREADED_FROM = 8 * CHUNK    # files with less data are read on the main thread: a hand-off costs more
 
 _CREATE_TYPE = {stat.S_IFDIR: RecordType.MKDIR, stat.S_IFREG: RecordType.MKFILE, stat.S_IFLNK: RecordType.SYMLINK,
                 stat.S_IFCHR: RecordType.MKNOD, stat.S_IFBLK: RecordType.MKNOD, stat.S_IFIFO: RecordType.MKNOD}
@@ -80,6 +86,7 @@ class TrackedSend:
         self.sent: SendStats | None = None
         self._root_fd: int | None = None
         self._dirs = _DirCache()
+        self._pool: ThreadPoolExecutor | None = None  # readers of large changed files, made when first needed
         self._scratch = None  # a dry run's throwaway STATE
 
     @classmethod
@@ -100,8 +107,9 @@ class TrackedSend:
             raise
         try:
             info = state.pick_parent(parent)
-            old = state.manifest(info) if info is not None else {}
-            send = cls(state, info, old)
+            with _gc_paused():
+                old = state.manifest(info) if info is not None else {}
+                send = cls(state, info, old)
             send._scratch = scratch
             return send
         except BaseException:
@@ -127,10 +135,11 @@ class TrackedSend:
         skip_inodes[(st.st_dev, st.st_ino)] = self.state.path
         # the parent's xattrs and birth times hold for inodes whose ctime is the parent's, outside the race guard
         trusted = self.parent.started_ns - GRANULARITY_NS if self.parent else 0
-        now = scan(src, self.ids, self.state.digester, one_file_system=one_file_system, report=self.report,
-                   exclude=exclude, skip_inodes=skip_inodes, trusted_before_ns=trusted)
-        plan = diff(self.old, now, parent_started_ns=self.parent.started_ns if self.parent else 0)
-        self.plan, self.scanned = _renumber(plan, now, self.first_id)
+        with _gc_paused():
+            now = scan(src, self.ids, self.state.digester, one_file_system=one_file_system, report=self.report,
+                       exclude=exclude, skip_inodes=skip_inodes, trusted_before_ns=trusted)
+            plan = diff(self.old, now, parent_started_ns=self.parent.started_ns if self.parent else 0)
+            self.plan, self.scanned = _renumber(plan, now, self.first_id)
         self.now = now
         for op in self.plan.ops:
             kind = KINDS[type(op)]
@@ -157,6 +166,9 @@ class TrackedSend:
         return self.recording.commit(self.sent.stream_id, self.sent.end_digest, keep=keep)
 
     def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
         self._dirs.close()
         if self._root_fd is not None:
             os.close(self._root_fd)
@@ -269,47 +281,40 @@ class TrackedSend:
         extents: list = []
         pending = [rec.UpdateFile(fid, size)] if update else []  # sent before the first record that needs it
         failed_at = None
+        reads = None
         try:
             regions = _regions(fd, size, shown)
             stale = matcher.stale(tuple((s, e - s, b"") for s, e in regions), size) if parent_extents else []
             si = 0
-            for start, end in regions:
-                while si < len(stale) and stale[si][0] < start:
+            reads = self._reads(fd, _cuts(regions, lens, starts), sum(e - s for s, e in regions))
+            for pos, n, data, digest in reads:
+                while si < len(stale) and stale[si][0] < pos:  # the holes before this data region
                     yield from pending
                     pending = []
                     self._touched.add(fid)
                     yield rec.PunchHole(fid, stale[si][0], stale[si][1] - stale[si][0])
                     self.stats.holes_punched += 1
                     si += 1
-                pos = start
-                while pos < end:
-                    n = _cut(pos, end, lens, starts)
-                    try:
-                        data = os.pread(fd, n, pos)
-                    except OSError as e:
-                        self.stats.warnings.append(Unreadable(shown, f"read at byte {pos}: {e.strerror}"))
-                        failed_at = pos
-                        break
-                    if progress is not None:
-                        progress(len(data))
-                    self.stats.bytes_read += len(data)
-                    if data:
-                        digest = self.state.digester.extent(data)
-                        extents.append((pos, len(data), digest))
-                        if matcher.unchanged(pos, len(data), digest):
-                            self.stats.extents_unchanged += 1
-                        else:
-                            yield from pending
-                            pending = []
-                            self._touched.add(fid)
-                            yield DataChunk(fid, pos, data)
-                            self.stats.extents_sent += 1
-                    if len(data) < n:
-                        self.stats.warnings.append(ChangedWhileRead(shown, "shrank"))
-                        failed_at = pos + len(data)
-                        break
-                    pos += n
-                if failed_at is not None:
+                if data is None:  # digest: the OSError
+                    self.stats.warnings.append(Unreadable(shown, f"read at byte {pos}: {digest.strerror}"))
+                    failed_at = pos
+                    break
+                if progress is not None:
+                    progress(len(data))
+                self.stats.bytes_read += len(data)
+                if data:
+                    extents.append((pos, len(data), digest))
+                    if matcher.unchanged(pos, len(data), digest):
+                        self.stats.extents_unchanged += 1
+                    else:
+                        yield from pending
+                        pending = []
+                        self._touched.add(fid)
+                        yield DataChunk(fid, pos, data)
+                        self.stats.extents_sent += 1
+                if len(data) < n:
+                    self.stats.warnings.append(ChangedWhileRead(shown, "shrank"))
+                    failed_at = pos + len(data)
                     break
             if failed_at is None:
                 for s, e in stale[si:]:
@@ -322,12 +327,54 @@ class TrackedSend:
                 if (after.st_size, after.st_mtime_ns, after.st_ctime_ns) != (size, entry.mtime_ns, entry.ctime_ns):
                     self.stats.warnings.append(ChangedWhileRead(shown, "changed"))
         finally:
+            if reads is not None:
+                reads.close()  # waits for the reads in flight: none may use fd once it is closed
             os.close(fd)
         if failed_at is None:
             self.recording.add(entry.with_extents(tuple(extents)))
         else:  # the receiver holds what was sent up to there, and the parent's bytes after it
             kept = tuple(x for x in parent_extents if x[0] >= failed_at)
             self.recording.add(_poisoned(entry, tuple(extents) + kept))
+
+    def _reads(self, fd: int, cuts: Iterator[tuple[int, int]], data_bytes: int) -> Iterator[tuple]:
+        """(offset, length, data, digest) of each extent in ``cuts``, in order, reading stopping at
+        the first error: (offset, length, None, the OSError).  A file with much data is read and
+        digested READ_AHEAD extents ahead on two threads (pread and BLAKE2b of a large buffer
+        release the GIL), so the digests of a large changed file take half the wall time."""
+        digest = self.state.digester.extent
+        if data_bytes < THREADED_FROM:
+            for pos, n in cuts:
+                try:
+                    data = os.pread(fd, n, pos)
+                except OSError as e:
+                    yield pos, n, None, e
+                    return
+                yield pos, n, data, digest(data) if data else b""
+            return
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="rawsend-digest")
+        submit = self._pool.submit
+        ahead: deque = deque()
+        try:
+            for pos, n in cuts:
+                ahead.append((pos, n, submit(_read_digest, fd, pos, n, digest)))
+                if len(ahead) < READ_AHEAD:
+                    continue
+                pos, n, done = ahead.popleft()
+                result = done.result()
+                yield pos, n, *result
+                if result[0] is None:
+                    return
+            while ahead:
+                pos, n, done = ahead.popleft()
+                result = done.result()
+                yield pos, n, *result
+                if result[0] is None:
+                    return
+        finally:
+            for *_, f in ahead:
+                f.cancel()
+            wait([f for *_, f in ahead])
 
     def _open(self, path: bytes, entry: Entry, shown: str) -> int | None:
         """The file the scan found at ``path``, opened through its directories without following
@@ -353,9 +400,42 @@ class TrackedSend:
         return fd
 
 
+@contextmanager
+def _gc_paused():
+    """The cyclic garbage collector off while a manifest or a scan is built: tens of thousands of
+    tuples that hold no cycles, which every collection would walk again (a quarter of the CPU
+    time of loading, scanning and diffing)."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
 def _poisoned(entry: Entry, extents) -> Entry:
     """The entry with a ctime no file has, so the next send reads the file again."""
-    return replace(entry, ctime_ns=-1, extents=tuple(extents))
+    return entry._replace(ctime_ns=-1, extents=tuple(extents))
+
+
+def _read_digest(fd: int, pos: int, n: int, digest) -> tuple:
+    """(data, digest) of ``n`` bytes at ``pos``, or (None, the OSError): on a reader thread."""
+    try:
+        data = os.pread(fd, n, pos)
+    except OSError as e:
+        return None, e
+    return data, digest(data) if data else b""
+
+
+def _cuts(regions, lens: dict, starts: list) -> Iterator[tuple[int, int]]:
+    """(offset, length) of the extents the data regions are read in (see _cut)."""
+    for start, end in regions:
+        pos = start
+        while pos < end:
+            n = _cut(pos, end, lens, starts)
+            yield pos, n
+            pos += n
 
 
 def _cut(pos: int, end: int, lens: dict, starts: list) -> int:
@@ -422,12 +502,15 @@ def _renumber(plan: Plan, now: Scan, first_id: int):
     m = ids.get
 
     def entry(e: Entry) -> Entry:
-        names = tuple(sorted((m(p, p), n) for p, n in e.names))
-        fid = m(e.file_id, e.file_id)
-        if fid == e.file_id and names == e.names:
-            return e
-        return Entry(fid, e.dev, e.ino, e.mode, e.uid, e.gid, e.size, e.mtime_ns, e.ctime_ns, names, e.xattrs,
-                     e.extents, e.btime_ns)
+        fid, names = e[0], e[9]
+        for p, _ in names:
+            if p in ids:
+                names = tuple(sorted((m(p, p), n) for p, n in names))
+                break
+        else:
+            if fid not in ids:
+                return e  # most inodes: neither they nor their directories are new
+        return e._replace(file_id=m(fid, fid), names=names)
 
     new_ops = []
     for op in plan.ops:

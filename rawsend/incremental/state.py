@@ -23,16 +23,19 @@ import sqlite3
 import stat
 import time
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Callable
 
 from rawsend import fsutil
 from rawsend.incremental.digest import SECRET_LEN, Digester, new_secret
 from rawsend.incremental.errors import (NotAState, StateDamaged, StateError, StateLocked, StateOtherSource,
                                         StateVersion, UnknownParent)
-from rawsend.incremental.manifest import (FIRST_FILE_ID, ROOT_NAME, BlobError, Entry, FileIds, pack_extents,
-                                          pack_names, pack_xattrs, unpack_extents, unpack_names, unpack_xattrs)
+from rawsend.incremental.manifest import (EXTENT_ENTRY, FIRST_FILE_ID, NAME_ENTRY, ROOT_NAME, BlobError, Entry,
+                                          FileIds, _new_entry, pack_extents, pack_names, pack_xattrs,
+                                          unpack_extents, unpack_names, unpack_xattrs)
 from rawsend.stream.records import MAX_NAME_LEN, ROOT_ID
 
+_IFMT = 0o170000
 SQLITE_MAGIC = b"SQLite format 3\0"
 APPLICATION_ID = 0x72735354   # "rsST", at byte 68 of the SQLite header (big-endian)
 SCHEMA_VERSION = 1            # PRAGMA user_version, at byte 60
@@ -54,6 +57,17 @@ SCHEMA = (
     " names BLOB NOT NULL, xattrs BLOB, extents BLOB, btime_ns INTEGER NOT NULL)",
 )
 _COLUMNS = "file_id, dev, ino, mode, uid, gid, size, mtime_ns, ctime_ns, names, xattrs, extents, btime_ns"
+_IN_STREAM = "first_seq <= ?1 AND (last_seq IS NULL OR last_seq >= ?1)"
+_ROWS = f"SELECT rowid, {_COLUMNS} FROM inodes WHERE {_IN_STREAM} ORDER BY file_id"
+_OPEN_ROWS = f"SELECT rowid, {_COLUMNS} FROM inodes WHERE last_seq IS NULL"
+# rows whose columns _decode() would refuse: SQLite checks the types of every row at once, and
+# Python unpacks only rows known to hold the right types
+_WELL_TYPED = (" AND ".join(f"typeof({c}) = 'integer'" for c in ("file_id", "dev", "ino", "mode", "uid", "gid",
+                                                                   "size", "mtime_ns", "ctime_ns", "btime_ns"))
+               + " AND min(file_id, dev, ino, mode, uid, gid, size) >= 0 AND typeof(names) = 'blob'"
+               " AND typeof(xattrs) IN ('blob', 'null') AND typeof(extents) IN ('blob', 'null')")
+_BAD_ROW = f"SELECT {_COLUMNS} FROM inodes WHERE {_IN_STREAM} AND NOT ({_WELL_TYPED}) LIMIT 1"
+_BAD_OPEN_ROW = f"SELECT {_COLUMNS} FROM inodes WHERE last_seq IS NULL AND NOT ({_WELL_TYPED}) LIMIT 1"
 _META_KEYS = {"source", "secret", "next_file_id", "next_seq"}
 
 
@@ -225,23 +239,21 @@ class State:
     def manifest(self, stream: StreamInfo) -> dict[int, Entry]:
         """file id -> Entry of every inode of ``stream``, checked to form one tree."""
         with _damage(self.path):
-            rows = self._db.execute(
-                f"SELECT rowid, {_COLUMNS} FROM inodes WHERE first_seq <= ? AND"
-                " (last_seq IS NULL OR last_seq >= ?) ORDER BY file_id", (stream.seq, stream.seq)).fetchall()
-        entries, rowids = {}, {}
-        for row in rows:
-            entry = _decode(row[1:], self.path)
-            if entry.file_id in entries:
-                raise StateDamaged(f"file id {entry.file_id} has two rows in stream {stream.id_hex}", path=self.path)
-            entries[entry.file_id] = entry
-            rowids[entry.file_id] = row[0]
+            bad = self._db.execute(_BAD_ROW, (stream.seq,)).fetchone()
+            if bad is not None:
+                _decode(bad, self.path)  # raises StateDamaged naming what is wrong with it
+            rows = self._db.execute(_ROWS, (stream.seq,)).fetchall()
+        entries, rowids = _decode_rows(rows, self.path)
+        if len(entries) != len(rows):
+            fid = next(a[1] for a, b in zip(rows, rows[1:]) if a[1] == b[1])  # rows are in file id order
+            raise StateDamaged(f"file id {fid} has two rows in stream {stream.id_hex}", path=self.path)
         _check_tree(entries, self.path, stream.id_hex)
         self._loaded = (stream.seq, entries, rowids)  # a send against the newest stream reads it once
         return entries
 
     def file_ids(self, parent: dict[int, Entry]) -> FileIds:
         """The id map for a send against ``parent`` (a manifest, {} for a full stream)."""
-        return FileIds({(e.dev, e.ino): e for e in parent.values()}, self.next_file_id)
+        return FileIds({(e[1], e[2]): e for e in parent.values()}, self.next_file_id)
 
     def begin(self, ids: FileIds, parent: StreamInfo | None, started_ns: int) -> "Recording":
         """Start recording a new stream's manifest; nothing is kept until Recording.commit()."""
@@ -268,28 +280,30 @@ class Recording:
         with _damage(state.path):
             db.execute("BEGIN IMMEDIATE")
             # the newest manifest's open rows: an unchanged inode keeps its row, extended
-            self._open: dict[int, tuple[int, Entry]] = {}
             newest = db.execute("SELECT max(seq) FROM streams").fetchone()[0]
             loaded = state._loaded
             if loaded is not None and loaded[0] == newest:  # the rows open now are that manifest's (STATE is locked)
-                self._open = {fid: (loaded[2][fid], e) for fid, e in loaded[1].items()}
+                self._open, self._rowids = loaded[1], loaded[2]
             else:
-                for row in db.execute(f"SELECT rowid, {_COLUMNS} FROM inodes WHERE last_seq IS NULL"):
-                    entry = _decode(row[1:], state.path)
-                    self._open[entry.file_id] = (row[0], entry)
+                bad = db.execute(_BAD_OPEN_ROW).fetchone()
+                if bad is not None:
+                    _decode(bad, state.path)  # raises StateDamaged
+                self._open, self._rowids = _decode_rows(db.execute(_OPEN_ROWS).fetchall(), state.path)
         self._seen: set[int] = set()
         self.added_rows = 0
 
     def add(self, entry: Entry) -> None:
-        if entry.file_id in self._seen:
-            raise ValueError(f"file id {entry.file_id} added twice")
-        self._seen.add(entry.file_id)
-        kept = self._open.get(entry.file_id)
-        if kept is not None and kept[1] == entry:
+        fid = entry[0]
+        if fid in self._seen:
+            raise ValueError(f"file id {fid} added twice")
+        self._seen.add(fid)
+        kept = self._open.get(fid)
+        if kept is not None and (kept is entry or kept == entry):
             return  # the row of the newest stream stays open: no bytes for an unchanged inode
         with _damage(self.state.path):
             if kept is not None:
-                self.state._db.execute("UPDATE inodes SET last_seq = ? WHERE rowid = ?", (self.seq - 1, kept[0]))
+                self.state._db.execute("UPDATE inodes SET last_seq = ? WHERE rowid = ?",
+                                       (self.seq - 1, self._rowids[fid]))
             self.state._db.execute(f"INSERT INTO inodes (first_seq, {_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                                    (self.seq, *_row(entry)))
         self.added_rows += 1
@@ -308,7 +322,8 @@ class Recording:
         with _damage(st.path):
             if db.execute("SELECT 1 FROM streams WHERE stream_id = ?", (stream_id,)).fetchone():
                 raise StateError(f"stream {stream_id.hex()} is already recorded", path=st.path)
-            gone = [(self.seq - 1, rowid) for fid, (rowid, _) in self._open.items() if fid not in self._seen]
+            seen = self._seen
+            gone = [(self.seq - 1, rowid) for fid, rowid in self._rowids.items() if fid not in seen]
             db.executemany("UPDATE inodes SET last_seq = ? WHERE rowid = ?", gone)
             info = StreamInfo(self.seq, stream_id, self.parent.seq if self.parent else None, self.started_ns,
                               time.time_ns(), end_digest, len(self._seen))
@@ -460,36 +475,83 @@ def _decode(row: tuple, path: str) -> Entry:
         raise StateDamaged(f"row of file id {file_id}: {e}", path=path) from None
 
 
+def _decode_rows(rows: list, path: str) -> tuple[dict[int, Entry], dict[int, int]]:
+    """file id -> Entry and file id -> rowid of ``(rowid, *_COLUMNS)`` rows whose column types
+    _BAD_ROW has checked; the blobs are checked here as they are unpacked."""
+    entries: dict[int, Entry] = {}
+    rowids: dict[int, int] = {}
+    new, unpack_name, one_name = _new_entry, NAME_ENTRY.unpack_from, NAME_ENTRY.size
+    extents_of, extent_size = EXTENT_ENTRY.iter_unpack, EXTENT_ENTRY.size
+    fid = None
+    try:
+        for rowid, fid, dev, ino, mode, uid, gid, size, mtime, ctime, names, xattrs, extents, btime in rows:
+            # most inodes have one name, no xattrs and a few extents: unpacked inline
+            if len(names) > one_name and unpack_name(names)[1] == len(names) - one_name:
+                names = ((unpack_name(names)[0], names[one_name:]),)
+            else:
+                names = unpack_names(names)
+            if extents is None:
+                extents = ()
+            elif len(extents) % extent_size:
+                extents = unpack_extents(extents)  # raises BlobError
+            else:
+                extents = tuple(extents_of(extents))
+            entries[fid] = new(Entry, (fid, dev, ino, mode, uid, gid, size, mtime, ctime, names,
+                                       () if xattrs is None else unpack_xattrs(xattrs), extents, btime))
+            rowids[fid] = rowid
+    except BlobError as e:
+        raise StateDamaged(f"row of file id {fid}: {e}", path=path) from None
+    return entries, rowids
+
+
 def _check_tree(entries: dict[int, Entry], path: str, stream: str) -> None:
     """A manifest must be one tree: root first, parents that are directories, unique names."""
     root = entries.get(ROOT_ID)
     if root is None or not root.is_dir or root.names != (ROOT_NAME,):
         raise StateDamaged(f"stream {stream} has no root directory (file id {ROOT_ID})", path=path)
-    slots: set = set()
-    for e in entries.values():
-        if e.is_dir and len(e.names) != 1:
-            raise StateDamaged(f"directory file id {e.file_id} has {len(e.names)} names", path=path)
-        for parent, name in e.names:
-            if e.file_id == ROOT_ID:
-                continue
-            p = entries.get(parent)
-            if p is None or not p.is_dir:
-                raise StateDamaged(f"file id {e.file_id} is in {parent}, which is not a directory of stream"
-                                   f" {stream}", path=path)
-            if not name or len(name) > MAX_NAME_LEN or b"/" in name or b"\0" in name or name in (b".", b".."):
-                raise StateDamaged(f"file id {e.file_id} has an invalid name {name!r}", path=path)
-            if (parent, name) in slots:
-                raise StateDamaged(f"two inodes are named {name!r} in directory {parent}", path=path)
-            slots.add((parent, name))
+    dirs = {fid: e for fid, e in entries.items() if e[3] & _IFMT == stat.S_IFDIR}
+    slots = [slot for e in entries.values() if e[0] != ROOT_ID for slot in e[9]]
+    names = list(map(itemgetter(1), slots))
+    joined = b"\0".join(names)
+    # every rule at once, in C loops over all names; _tree_problem() finds the first broken one
+    if not (all(len(e[9]) == 1 for e in dirs.values()) and dirs.keys() >= set(map(itemgetter(0), slots))
+            and len(set(slots)) == len(slots) and b"/" not in joined and joined.count(b"\0") == max(len(names) - 1, 0)
+            and min(map(len, names), default=1) > 0 and max(map(len, names), default=0) <= MAX_NAME_LEN
+            and {b".", b".."}.isdisjoint(names)):
+        _tree_problem(entries, path, stream)
+    # every parent is a directory: the tree has no cycle when every directory reaches the root
     reaches_root = {ROOT_ID}
-    for e in entries.values():
-        chain, fid = [], e.file_id
+    for e in dirs.values():
+        chain, fid = [], e[0]
         while fid not in reaches_root:
             chain.append(fid)
-            if len(chain) > len(entries):
-                raise StateDamaged(f"directories of stream {stream} form a cycle at file id {e.file_id}", path=path)
-            fid = entries[fid].names[0][0]
+            if len(chain) > len(dirs):
+                raise StateDamaged(f"directories of stream {stream} form a cycle at file id {e[0]}", path=path)
+            fid = entries[fid][9][0][0]
         reaches_root.update(chain)
+
+
+def _tree_problem(entries: dict[int, Entry], path: str, stream: str) -> None:
+    """Raise StateDamaged naming the first entry that breaks a rule of _check_tree."""
+    slots: set = set()
+    for e in entries.values():
+        names = e[9]
+        if e[3] & _IFMT == stat.S_IFDIR and len(names) != 1:
+            raise StateDamaged(f"directory file id {e[0]} has {len(names)} names", path=path)
+        if e[0] == ROOT_ID:
+            continue
+        for slot in names:
+            parent, name = slot
+            p = entries.get(parent)
+            if p is None or p[3] & _IFMT != stat.S_IFDIR:
+                raise StateDamaged(f"file id {e[0]} is in {parent}, which is not a directory of stream"
+                                   f" {stream}", path=path)
+            if not name or len(name) > MAX_NAME_LEN or b"/" in name or b"\0" in name or name in (b".", b".."):
+                raise StateDamaged(f"file id {e[0]} has an invalid name {name!r}", path=path)
+            if slot in slots:
+                raise StateDamaged(f"two inodes are named {name!r} in directory {parent}", path=path)
+            slots.add(slot)
+    raise StateDamaged(f"stream {stream} is not one tree", path=path)  # not reached: the rules are the same
 
 
 def _prune(db: sqlite3.Connection, keep: int) -> None:
