@@ -216,12 +216,12 @@ def test_restore_without_a_base_in_the_store_names_it_and_makes_no_dest(tmp_path
     for p in ("index", "streams"):  # the base of s2 goes
         (store / p / f"{steps[1][0]}.{'json' if p == 'index' else 'rs'}").unlink()
     dest = tmp_path / "dest"
-    err = rawsend("restore", "--stream", steps[2][0], *key_args, str(store), str(dest), code=3)
-    assert f"stream {steps[2][0]} cannot be restored from this store: its base {steps[1][0]} is not in the" \
-           " store" in err
+    err = rawsend("restore", "--stream", steps[2][0], *key_args, str(store), str(dest), code=1)
+    assert f"stream {steps[2][0]} cannot be restored from this store: its chain needs base {steps[1][0]}," \
+           " which is not in the store" in err
     assert not dest.exists() and leftovers(dest) == []
     err = run_rawsend("send", str(store), "--stream", steps[2][0], "--chain")
-    assert err.returncode == 3 and err.stdout == b""
+    assert err.returncode == 1 and err.stdout == b""
 
 
 def test_restore_of_a_damaged_stored_member_names_the_stored_stream(tmp_path, stored):

@@ -18,15 +18,15 @@ import os
 from collections.abc import Callable
 
 from rawsend.errors import (
-    ChecksumMismatch, DigestMismatch, KeyProblem, MalformedRecord, RawsendError, StoreDamaged, StoreError,
-    StreamError,
+    ChecksumMismatch, DigestMismatch, KeyProblem, MalformedRecord, RawsendError, StoreError, StreamError,
 )
 from rawsend.store.index import IndexEntry
 from rawsend.store.layout import Store, damaged_hint
 from rawsend.pipeline import ReceiveStats
 from rawsend.store.payloads import PayloadCheck
-from rawsend.store.receive import base_problem, stored_events
-from rawsend.stream.chain import MAX_MEMBERS, chain_preamble, member_header
+from rawsend.store.chains import Break, Chains, describe
+from rawsend.store.receive import stored_events
+from rawsend.stream.chain import chain_preamble, member_header
 from rawsend.stream.checked import EndEvent, HeaderEvent
 from rawsend.stream.records import END_BODY, PREAMBLE, RECORD_HEADER, End, Header
 from rawsend.stream.writer import FLUSH_AT
@@ -151,22 +151,15 @@ def send_chain_from_store(store_path: str | os.PathLike, stream_id: str | None,
 
 
 def chain_to(store: Store, entry: IndexEntry) -> list[IndexEntry]:
-    """``entry`` and the bases it needs, oldest (the full stream) first; StoreError when a base is
-    missing or is not the stream its child names."""
-    chain, seen = [entry], {entry.stream_id}
-    while (link := chain[-1].parent) is not None:
-        if link.stream_id in seen or len(chain) == MAX_MEMBERS:
-            raise StoreDamaged(f"stream {entry.stream_id}: the parent links of its chain loop, or pass"
-                               f" {MAX_MEMBERS} streams", path=str(store.root),
-                               hint="the index entries are damaged; verify STORE names them")
-        seen.add(link.stream_id)
-        problem = base_problem(store, chain[-1])
-        if problem:
-            raise StoreError(f"stream {chain[-1].stream_id} cannot be restored from this store: {problem}",
-                             path=str(store.root), hint="receive its base into the store first")
-        chain.append(store.read_entry(link.stream_id))
-    chain.reverse()
-    return chain
+    """``entry`` and the bases it rests on, oldest (the full stream) first; StoreDamaged naming the
+    break when the store does not hold the whole chain (chains.py)."""
+    chains = Chains(store.entries(damaged=[]))  # a damaged entry of the chain shows as a missing base
+    path, end = chains.walk(entry.stream_id, ())
+    if isinstance(end, Break):
+        error = describe(entry.stream_id, end)
+        error.path = str(store.root)
+        raise error
+    return [chains.entries[sid] for sid in reversed(path)]
 
 
 def _relay(store: Store, entry: IndexEntry, write: Callable[[bytes], None]) -> None:
