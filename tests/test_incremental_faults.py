@@ -463,10 +463,8 @@ def test_a_hostile_incremental_stream_is_refused_by_record_and_offset_and_dest_i
 
 
 # receiver-guarantees.md "Receiver limits": bytes declared by all files, checked when the record
-# that would pass the cap arrives.  A TRUNCATE declares a size as MKFILE does, but the checker
-# (rawsend/stream/checker.py, StreamChecker._truncate) does not count it, and the applier does not
-# know the caps: a stream can grow a file of the base to any size below 2^63.
-@pytest.mark.xfail(strict=True, reason="TRUNCATE is not counted against --max-bytes (StreamChecker._truncate)")
+# that would pass the cap arrives.  A TRUNCATE declares a size as MKFILE does: without that, a
+# stream could grow a file of the base to any size below 2^63.
 @pytest.mark.parametrize("args, cap", [(("--max-bytes", "1048576"), 1 << 20), ((), 1 << 50)],
                          ids=["max-bytes", "default"])
 def test_a_truncate_beyond_the_bytes_cap_is_refused(tmp_path, held, args, cap):

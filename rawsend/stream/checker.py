@@ -107,10 +107,7 @@ class StreamChecker:
                 raise LimitExceeded(f"directory depth over {self.limits.max_depth}", record=index,
                                     hint="raise --max-depth if this stream is trusted")
         if rtype == _MKFILE:
-            self.declared_bytes += rec.size
-            if self.declared_bytes > self.limits.max_bytes:
-                raise LimitExceeded(f"files declare more than {self.limits.max_bytes} bytes", record=index,
-                                    hint="raise --max-bytes if this stream is trusted")
+            self._declare(rec.size, index)
         inodes[file_id] = _Inode(rtype, rec.parent_id, depth, rec.size)
         self.current, self.extent_end, self.xattr_count, self.xattr_bytes = file_id, 0, 0, 0
         self.data_file = file_id if rtype == _MKFILE else 0
@@ -226,8 +223,16 @@ class StreamChecker:
         if inode is not None and is_dir:
             self.removed.add(rec.file_id)  # a directory has one name; a file may have others
 
+    def _declare(self, size: int, index: int) -> None:
+        """Count a size a file is given (MKFILE, TRUNCATE) against the receiver's bytes cap."""
+        self.declared_bytes += size
+        if self.declared_bytes > self.limits.max_bytes:
+            raise LimitExceeded(f"files declare more than {self.limits.max_bytes} bytes", record=index,
+                                hint="raise --max-bytes if this stream is trusted")
+
     def _truncate(self, rec: Truncate, index: int) -> None:
         self._regular(rec.file_id, index, "truncate")
+        self._declare(rec.size, index)  # a truncate may grow a file of the base to any size
         if self.current == rec.file_id:
             self.current = self.data_file = 0  # data records after a truncate need a new update_file
 
