@@ -211,6 +211,16 @@ def ensure_tools() -> None:
         subprocess.run(["apt-get", "install", "-y", "-qq", *missing], check=False)
 
 
+def leave_dirty(path: Path, size: int) -> None:
+    """Write ``size`` bytes to ``path`` and leave them in the page cache, dirty, as a program
+    that has not synced yet would (well below the kernel's dirty limits, so none is written
+    back before the case runs)."""
+    chunk = random.Random(7).randbytes(MiB)
+    with open(path, "wb") as f:
+        for _ in range(size // MiB):
+            f.write(chunk)
+
+
 def tree_cases(rawsend: str, src: Path, m: dict, small: Path, ms: dict, huge: Path, mh: dict,
                stream: Path, dest: "Destination", enc_skip: str | None, key: Path, store_skip: str | None,
                relay_store: Path, many: tuple[Path, int, str | None],
@@ -230,6 +240,7 @@ def tree_cases(rawsend: str, src: Path, m: dict, small: Path, ms: dict, huge: Pa
         dest.fresh()
         dst.mkdir()
 
+    dirty = max(64 << 20, int(L * 0.5) >> 20 << 20)  # rs-recv-dirty: half the corpus, not synced by the bench
     w = dict(before=fresh, sync=D)         # every case that writes gets a fresh destination
     wt = dict(before=fresh_dir, sync=D)
     cases = [
@@ -245,6 +256,10 @@ def tree_cases(rawsend: str, src: Path, m: dict, small: Path, ms: dict, huge: Pa
              peer="tar-tar", rawsend=True, **w),
         Case("rs-recv", "tree", "cat STREAM | rawsend receive DIR", [["cat", str(stream)],
              [rawsend, "receive", str(dst)]], L, F, peer="tar-tar", rawsend=True, **w),
+        # another program's dirty data on the same filesystem: receive makes durable only its own
+        Case("rs-recv-dirty", "tree", f"cat STREAM | rawsend receive DIR (another program left "
+             f"{dirty >> 20} MiB dirty there)", [["cat", str(stream)], [rawsend, "receive", str(dst)]], L, F,
+             peer="rs-recv", rawsend=True, before=lambda: (fresh(), leave_dirty(D / "other.bin", dirty))),
         Case("rs-send", "tree", "rawsend send > /dev/null", [[rawsend, "send", str(src)]], L, F,
              rawsend=True),
         Case("tar-tar", "tree", "tar -c | tar -x", [["tar", "-C", str(src), "-cf", "-", "."],

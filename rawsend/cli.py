@@ -590,7 +590,8 @@ def _btrfs_send_summary(report) -> str:
 # receiving at depth N nests N Python frames (fd cache refills, cleanup): 800 stays clear of the limit
 @click.option("--max-depth", type=click.IntRange(1, 800), default=None,
               help="Refuse streams nesting directories deeper (default 512, at most 800).")
-@click.option("--no-sync", is_flag=True, help="Do not syncfs before renaming into place.")
+@click.option("--no-sync", is_flag=True,
+              help="Do not make the received tree durable (fsync or syncfs) before renaming it into place.")
 @click.option("--no-raw", is_flag=True,
               help="Decode compressed extents and write plain bytes, even where btrfs could take them as they are.")
 @click.option("--progress/--no-progress", default=None,
@@ -748,7 +749,8 @@ def _chain_summary(result, where: str, started: float) -> None:
               help="Apply the streams' uid/gid and setuid/setgid bits (default: when root).")
 @click.option("--preserve-special", is_flag=True, help="Create FIFOs, and sockets when root (default: skip them).")
 @click.option("--preserve-devices", is_flag=True, help="Create block and character devices, as root.")
-@click.option("--no-sync", is_flag=True, help="Do not sync before renaming into place.")
+@click.option("--no-sync", is_flag=True,
+              help="Do not make the restored tree durable (fsync or syncfs) before renaming it into place.")
 @click.option("--no-raw", is_flag=True, help="Decode compressed extents and write plain bytes.")
 def restore(store, dest, stream_id, key_files, preserve_owner, preserve_special, preserve_devices, no_sync, no_raw):
     """Restore the stream of STORE (the newest, or --stream) into the new directory DEST, with every base

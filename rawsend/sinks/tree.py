@@ -20,6 +20,7 @@ from rawsend import btrfs
 from rawsend.errors import DestinationError, DestStateError, MalformedRecord, RawsendError
 from rawsend.fsutil import syncfs
 from rawsend.sinks import deststate
+from rawsend.sinks.durable import Durability, FsyncFailed
 from rawsend.sinks.extents import ExtentWriter, PwriteWriter, pick_writer
 from rawsend.sinks.namespace import Namespace
 from rawsend.sinks.policy import MetadataPolicy
@@ -60,6 +61,7 @@ class TreeSink:
         self.policy = MetadataPolicy(self.report, preserve_owner=preserve_owner,
                                      preserve_special=preserve_special, preserve_devices=preserve_devices)
         self.sync = sync
+        self.durable = Durability()
         self._cur_id = 0
         self._cur_fd = -1
         self._cur_rec: Create | None = None
@@ -98,6 +100,7 @@ class TreeSink:
 
     def abort(self) -> None:
         self._close_file()
+        self.durable.close()
         if self.recorder is not None:
             self.recorder.abort()
             self.recorder = None
@@ -230,12 +233,14 @@ class TreeSink:
             self.writer.write_encoded(rec, payload)
         except OSError as e:
             raise self._os_error(e, rec.file_id) from None
+        self.durable.written += len(payload)  # decoded or not: at least this much was written
 
     def extent(self, rec: Extent, data) -> None:
         try:
             self.writer.write(rec.offset, data)
         except OSError as e:
             raise self._os_error(e, rec.file_id) from None
+        self.durable.written += len(data)
 
     def _finish_file(self) -> None:
         if self._cur_fd < 0:
@@ -244,10 +249,15 @@ class TreeSink:
         self._cur_fd = -1
         try:
             self.writer.finish_file()
-            os.fchmod(fd, self.policy.mode(rec))
+            mode = self.policy.mode(rec)
+            os.fchmod(fd, mode)
             os.utime(fd, ns=(rec.atime_ns, rec.mtime_ns))
             if self.recorder is not None:
                 self.recorder.file(rec.file_id, deststate.row_of(os.fstat(fd)))
+            if self.sync:
+                self.durable.file_done(fd, rec.file_id, mode)
+        except FsyncFailed as e:
+            raise self._os_error(e.error, e.file_id) from None
         except OSError as e:
             raise self._os_error(e, rec.file_id) from None
         finally:
@@ -255,9 +265,18 @@ class TreeSink:
 
     def commit(self) -> None:
         self._finish_file()
-        # deepest first: a child always has a larger id than its parent, so read-only
-        # directories get their mode only after everything inside them is written
+        # What this receive wrote goes to disk before the rename (durable.py): each file and
+        # directory fsynced, or one syncfs where that is cheaper.  Either also reports a failed
+        # encoded write: its data goes to disk after the ioctl returned.
+        durable = self.durable
+        whole_fs = self.sync and durable.use_syncfs(len(self.ns.dirs))
+        per_file = self.sync and not whole_fs
         try:
+            if per_file:  # while every directory can still be searched: before their modes
+                durable.fsync_files(self.ns)
+                durable.wait()
+            # deepest first: a child always has a larger id than its parent, so read-only
+            # directories get their mode only after everything inside them is written
             for dir_id in sorted(self.ns.dirs, reverse=True):
                 rec = self.ns.nodes[dir_id].rec
                 fd = self.ns.dir_fd(dir_id)
@@ -267,12 +286,17 @@ class TreeSink:
                 os.utime(fd, ns=(rec.atime_ns, rec.mtime_ns))
                 if self.recorder is not None:
                     self.recorder.file(dir_id, deststate.row_of(os.fstat(fd)))
-            if self.sync:
-                # Also where a failed encoded write shows: its data goes to disk after the
-                # ioctl returned, and syncfs commits the transaction and reports its error.
+                if per_file:  # its entries and attributes, now final
+                    durable.directory(fd, dir_id)
+            if whole_fs:
                 syncfs(self.ns.root_fd)
+            durable.wait()
+        except FsyncFailed as e:
+            raise self._os_error(e.error, e.file_id) from None
         except OSError as e:
             raise self._os_error(e, 0) from None
+        finally:
+            durable.close()
         if self.recorder is not None:
             # before the rename, which keeps the inode: a DEST in place always has its state
             self._commit_state()
