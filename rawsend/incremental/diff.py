@@ -33,7 +33,7 @@ import stat
 from collections import Counter
 from dataclasses import dataclass, replace
 
-from rawsend.incremental.manifest import Entry, Extent, Name, Scan, Scanned
+from rawsend.incremental.manifest import Entry, Extent, Name, Scan, Scanned, path_of
 from rawsend.stream.records import ROOT_ID
 
 # Coarsest local timestamp granularity (FAT: 2 s; ext4, xfs, btrfs tick at most every 10 ms).
@@ -320,23 +320,7 @@ class _Paths:
         self.known: dict[int, bytes] = {}
 
     def __getitem__(self, fid: int) -> bytes:
-        known = self.known
-        path = known.get(fid)
-        if path is not None:
-            return path
-        chain = []
-        while fid not in known:
-            parent, name = self.entries[fid].names[0]
-            if parent == 0:
-                known[fid] = b""
-                break
-            chain.append((fid, name))
-            fid = parent
-        for child, name in reversed(chain):
-            up = known[fid]
-            known[child] = up + b"/" + name if up else name
-            fid = child
-        return known[fid]
+        return path_of(self.entries, fid, self.known)
 
 
 def _data_reason(old: Entry, new: Entry, parent_started_ns: int) -> str | None:

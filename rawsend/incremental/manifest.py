@@ -543,16 +543,25 @@ def walk_paths(entries: dict[int, Entry]) -> dict[int, bytes]:
     """
     out: dict[int, bytes] = {}
     for fid in entries:
-        chain = []
-        while fid not in out:
-            parent, name = entries[fid].names[0]
-            if parent == 0:
-                out[fid] = b""
-                break
-            chain.append((fid, name))
-            fid = parent
-        for child, name in reversed(chain):
-            up = out[fid]
-            out[child] = up + b"/" + name if up else name
-            fid = child
+        path_of(entries, fid, out)
     return out
+
+
+def path_of(entries: dict[int, Entry], fid: int, known: dict[int, bytes]) -> bytes:
+    """The path of ``fid``'s first name; ``known`` caches it and every directory above it."""
+    path = known.get(fid)
+    if path is not None:
+        return path
+    chain = []
+    while fid not in known:
+        parent, name = entries[fid].names[0]
+        if parent == 0:
+            known[fid] = b""
+            break
+        chain.append((fid, name))
+        fid = parent
+    for child, name in reversed(chain):
+        up = known[fid]
+        known[child] = up + b"/" + name if up else name
+        fid = child
+    return known[fid]
