@@ -11,6 +11,7 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from rawsend.cli import main
+from tests.conftest import lock_held_by_another_process
 
 
 def _store_with_two(tmp_path: Path) -> tuple[Path, list[str]]:
@@ -74,16 +75,8 @@ def test_rm_ambiguous_prefix_is_refused(tmp_path):
 
 def test_rm_refused_while_the_lock_is_held(tmp_path):
     store, ids = _store_with_two(tmp_path)
-    holder = subprocess.Popen([sys.executable, "-c",
-                               "import fcntl,sys,time; f=open(sys.argv[1],'r+'); fcntl.flock(f,fcntl.LOCK_EX);"
-                               " print('ok',flush=True); time.sleep(60)", str(store / "lock")],
-                              stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "ok"
+    with lock_held_by_another_process(store / "lock"):
         r = CliRunner().invoke(main, ["rm", str(store), ids[0]])
-    finally:
-        holder.kill()
-        holder.wait()
     assert r.exit_code == 3
     assert "the store is busy: another process holds its lock" in r.output
     assert _listed(store) == ids

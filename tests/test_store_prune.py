@@ -21,7 +21,7 @@ from rawsend.cli import main
 from rawsend.progress import human
 from rawsend.store import Store
 from rawsend.store.chains import Chains
-from tests.conftest import run_rawsend
+from tests.conftest import lock_held_by_another_process, run_rawsend
 
 
 def cli(*args: str, code: int = 0):
@@ -332,16 +332,8 @@ def test_prune_with_a_loop_keeps_the_loop_and_ends(chain3, maker):
 def test_prune_refused_while_the_lock_is_held(mixed):
     store, s = mixed
     before = snapshot(store)
-    holder = subprocess.Popen([sys.executable, "-c",
-                               "import fcntl,sys,time; f=open(sys.argv[1],'r+'); fcntl.flock(f,fcntl.LOCK_EX);"
-                               " print('ok',flush=True); time.sleep(60)", str(store / "lock")],
-                              stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "ok"
+    with lock_held_by_another_process(store / "lock"):
         r = cli("prune", str(store), "--keep-last", "1", code=3)
-    finally:
-        holder.kill()
-        holder.wait()
     assert r.stderr == (f"rawsend: store problem: the store is busy: another process holds its lock (at path"
                         f" '{store}'); wait until that receive ended and run the command again; nothing was removed\n")
     assert snapshot(store) == before
