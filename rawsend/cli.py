@@ -8,7 +8,6 @@ table is made from them): 1 damaged or forged input, 2 usage, 3 a local problem,
 
 from __future__ import annotations
 
-import fcntl
 import functools
 import os
 import signal
@@ -23,21 +22,10 @@ from rawsend import __version__
 from rawsend.errors import (
     InternalError, Interrupted, LocalError, OutputClosed, RawsendError, SendWarning, SourceError, UsageError,
 )
+from rawsend.fsutil import enlarge_pipe
 from rawsend.outfile import atomic_output
 from rawsend.stream.records import Compression
 from rawsend.text import echo, json_line, quote
-
-F_SETPIPE_SZ = 1031
-PIPE_SIZE = 1 << 20  # a 1 MiB pipe moves about 3x more than the default 64 KiB one
-
-
-def _enlarge_pipe(fd: int) -> None:
-    try:
-        if stat.S_ISFIFO(os.fstat(fd).st_mode):
-            fcntl.fcntl(fd, F_SETPIPE_SZ, PIPE_SIZE)
-    except OSError:
-        pass  # pipe-max-size may be lower here; the default pipe still works
-
 
 def _human(n: float) -> str:
     from rawsend.progress import human
@@ -127,7 +115,7 @@ def _open_input(path: str | None):
         if os.isatty(0):  # waiting for a stream typed at a terminal would only hang
             raise click.UsageError("refusing to read a binary stream from a terminal; "
                                    f"pipe one in (rawsend send DIR | ...) or give {how}")
-        _enlarge_pipe(0)
+        enlarge_pipe(0)
         try:
             return open(0, "rb", buffering=1 << 20, closefd=False)
         except OSError:
@@ -178,7 +166,7 @@ def _output(output: str | None, tag: str):
     if os.isatty(1):
         raise click.UsageError("refusing to write a binary stream to a terminal; "
                                "pipe it (| rawsend receive DIR) or use -o FILE")
-    _enlarge_pipe(1)
+    enlarge_pipe(1)
     yield 1
 
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import fcntl
 import os
 import signal
 import tempfile
@@ -34,6 +33,7 @@ from typing import BinaryIO, Iterator, Sequence
 from rawsend.btrfs.ioctl import _IOW, _IOWR, BTRFS_IOCTL_MAGIC, _64BIT, check_call, ioctl
 from rawsend.btrfs.sendstream import BtrfsStreamError, SendCommand, SendStreamReader
 from rawsend.errors import OutputError, SourceError
+from rawsend.fsutil import enlarge_pipe
 
 # -- ioctl layouts (linux/btrfs.h) -----------------------------------------------------
 
@@ -82,7 +82,6 @@ SEND_FLAG_COMPRESSED = 0x10
 
 BTRFS_FIRST_FREE_OBJECTID = 256   # a subvolume's top directory
 
-PIPE_SIZE = 1 << 20               # fewer wake-ups than the default 64 KiB; best effort
 READ_BUFFER = 256 * 1024
 
 
@@ -153,10 +152,7 @@ class _Attempt:
         """(version, commands, bytes) of a stream that passed every check; raises
         BtrfsStreamError for a broken stream, OSError for a failed ioctl."""
         rfd, wfd = os.pipe()
-        try:
-            fcntl.fcntl(wfd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
-        except OSError:
-            pass  # above /proc/sys/fs/pipe-max-size for an unprivileged user: keep the default
+        enlarge_pipe(wfd)
         thread = threading.Thread(target=self._ioctl, args=(wfd,), name="btrfs-send", daemon=True)
         pipe = os.fdopen(rfd, "rb", buffering=READ_BUFFER)
         tee = _Tee(pipe, out)

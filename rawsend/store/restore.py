@@ -12,22 +12,18 @@ import os
 import threading
 
 from rawsend.errors import OutputClosed, RawsendError
+from rawsend.fsutil import PIPE_SIZE, enlarge_pipe
 from rawsend.sinks.chain import ChainResult, receive_chain
 from rawsend.store.relay import send_chain_from_store
 from rawsend.stream.chain import ChainReader
 from rawsend.stream.writer import fd_writer
 
-PIPE_BUFFER = 1 << 20  # as the CLI enlarges its pipes: fewer switches between the two threads
 
 
 def restore(store_path, stream_id: str | None, dest, **receive_options) -> ChainResult:
     """Receive the chain ending at ``stream_id`` (None: the newest) into the new directory ``dest``."""
     read_fd, write_fd = os.pipe()
-    try:
-        import fcntl
-        fcntl.fcntl(write_fd, fcntl.F_SETPIPE_SZ, PIPE_BUFFER)
-    except OSError:
-        pass
+    enlarge_pipe(write_fd)
     relay_error: list[BaseException] = []
 
     def relay() -> None:
@@ -43,7 +39,7 @@ def restore(store_path, stream_id: str | None, dest, **receive_options) -> Chain
     thread = threading.Thread(target=relay, name="rawsend-restore-relay", daemon=True)
     thread.start()
     try:
-        with os.fdopen(read_fd, "rb", buffering=PIPE_BUFFER) as chain:
+        with os.fdopen(read_fd, "rb", buffering=PIPE_SIZE) as chain:
             try:
                 return receive_chain(ChainReader(chain), dest, **receive_options)
             except RawsendError:
