@@ -20,7 +20,7 @@ from rawsend.errors import DestinationError, MalformedRecord, RawsendError
 from rawsend.fsutil import fsync_dir, left_by_dead_process
 from rawsend.pipeline import ReceiveStats, receive
 from rawsend.sinks.dest import DestSink
-from rawsend.sinks.deststate import Lock, make_state_dir, state_dir
+from rawsend.sinks.deststate import Lock, make_state_dir, remove_leftovers, state_dir
 from rawsend.sinks.namespace import check_dest, check_parent, remove_tree
 from rawsend.stream.chain import Member
 from rawsend.stream.records import PREAMBLE, Feature
@@ -82,9 +82,7 @@ def _move_into_place(tree: Path, dest: Path, sdir: Path) -> None:
     fsync_dir(dest.parent)
     built = state_dir(tree) / "state.db"
     if built.exists():  # member 1 was tracked (send --state), as every chain with more than one is
-        for p in sdir.iterdir():  # what an earlier DEST of this name left: it is not DEST's any more
-            if p.name.startswith(("stage-", "journal")):
-                remove_tree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+        remove_leftovers(sdir, ("stage-", "journal"))  # an earlier DEST's: not this DEST's any more
         os.rename(built, sdir / "state.db")
         fsync_dir(sdir)
 

@@ -91,6 +91,14 @@ def make_state_dir(sdir: Path) -> None:
                              hint="remove it; rawsend keeps what DEST holds there")
 
 
+def remove_leftovers(sdir: Path, prefixes: tuple[str, ...]) -> None:
+    """Remove what a DEST that was here before left in the state directory: staging directories,
+    journals, a database or chain build never finished (the names starting with ``prefixes``)."""
+    for p in sdir.iterdir():
+        if p.name.startswith(prefixes):
+            remove_tree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+
+
 class Lock:
     """flock of ``lock`` in the state directory: one rawsend command at a time on a DEST."""
 
@@ -124,9 +132,7 @@ class Recorder:
         self.dir = state_dir(dest)
         make_state_dir(self.dir)
         self.lock = Lock(self.dir).__enter__()
-        for p in self.dir.iterdir():  # staging and journals of a DEST that was here before
-            if p.name.startswith(("stage-", "journal", "state.db.tmp", "restore-")):
-                remove_tree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+        remove_leftovers(self.dir, ("stage-", "journal", "state.db.tmp", "restore-"))
         self.tmp = self.dir / f"state.db.tmp-{os.getpid()}"
         self.db = _connect(self.tmp)
         os.chmod(self.tmp, 0o600)
