@@ -32,7 +32,6 @@ WORK_PREFIX = "restore-"
 class ChainResult:
     stats: list[ReceiveStats] = field(default_factory=list)  # one per member
     warnings: list = field(default_factory=list)
-    report: object = None  # the last member's sink report
 
 
 def receive_chain(members: Iterable[Member], dest, *, keyring=None, limits=None,
@@ -62,7 +61,6 @@ def receive_chain(members: Iterable[Member], dest, *, keyring=None, limits=None,
                 before = (checked.stream_id, checked.digest)
                 result.stats.append(stats)
                 result.warnings += sink.report.warnings
-                result.report = sink.report
                 if on_member is not None:
                     on_member(member, stats)
             _move_into_place(tree, dest, sdir)

@@ -19,7 +19,6 @@ from rawsend.stream.chain import ChainReader
 from rawsend.stream.writer import fd_writer
 
 
-
 def restore(store_path, stream_id: str | None, dest, **receive_options) -> ChainResult:
     """Receive the chain ending at ``stream_id`` (None: the newest) into the new directory ``dest``."""
     read_fd, write_fd = os.pipe()
