@@ -7,6 +7,7 @@ the source as it was then. Damaged and hostile chains are refused with DEST left
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import struct
@@ -14,7 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from rawsend.stream.chain import CHAIN_PREAMBLE, MEMBER_HEADER, chain_preamble, member_header
+from rawsend.pipeline import NullSink, receive
+from rawsend.stream.chain import (
+    CHAIN_PREAMBLE, MEMBER_HEADER, ChainReader, chain_preamble, member_header, starts_chain,
+)
 from tests.conftest import pipeline, run_rawsend
 from tests.test_incremental_receive import CHANGES, header_and_end, send, src  # noqa: F401 - src: a fixture
 from tests.treeutil import diff, snapshot
@@ -249,3 +253,14 @@ def test_restore_of_an_encrypted_chain_without_its_key_is_a_key_problem(tmp_path
 def test_member_framing_constants_are_the_spec_layout():
     assert CHAIN_PREAMBLE.size == 16 and MEMBER_HEADER.size == 8
     assert chain_preamble(3) == b"rawchain" + struct.pack("<II", 1, 3)
+
+
+def test_input_that_cannot_peek_is_read_whole_as_a_stream_or_a_chain(chain_bytes):
+    """Without peek (BytesIO has none) the first 8 bytes are read, then put back in front."""
+    is_chain, stream = starts_chain(io.BytesIO(chain_bytes[0]))
+    assert not is_chain
+    assert receive(stream, NullSink()).stream_bytes == len(chain_bytes[0])
+    is_chain, stream = starts_chain(io.BytesIO(framed(chain_bytes)))
+    assert is_chain
+    members = [receive(m.input, NullSink()).stream_bytes for m in ChainReader(stream)]
+    assert members == [len(m) for m in chain_bytes]

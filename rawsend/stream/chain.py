@@ -140,6 +140,8 @@ class _Prefixed:
             data, self._head = self._head + self._stream.read(), b""
             return data
         data, self._head = self._head[:n], self._head[n:]
+        if len(data) < n:  # a read asks for n bytes and gets them unless the input ends
+            data += self._stream.read(n - len(data))
         return data
 
     def readinto(self, buf) -> int:
