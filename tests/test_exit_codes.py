@@ -293,8 +293,9 @@ def test_a_signal_during_receive_cleans_up_says_so_and_exits_128_plus_the_signal
     if into == "store":  # a store that already holds a stream must stay as it was
         assert run_rawsend("receive", "--store", "-f", str(VECTORS / "good_plain.rs"), str(dest)).returncode == 0
     before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    # a shell's background job starts with SIGINT ignored, which rawsend rightly keeps: undo that here
     proc = subprocess.Popen(rawsend_argv(*argv), stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
+                            stderr=subprocess.PIPE, preexec_fn=lambda: signal.signal(sig, signal.SIG_DFL))
     try:
         proc.stdin.write(big_stream[:len(big_stream) // 2])  # then the pipe stalls, mid-file
         proc.stdin.flush()
@@ -305,8 +306,9 @@ def test_a_signal_during_receive_cleans_up_says_so_and_exits_128_plus_the_signal
         _poll("receive has written part of the stream and waits for more",
               lambda: temp() and temp()[0].stat().st_size > 0 and _sleeping(proc))
         proc.send_signal(sig)
+        returncode = proc.wait(timeout=60)  # before reading stderr, which would wait for ever if it did not exit
         err = proc.stderr.read().decode()
-        assert proc.wait(timeout=60) == 128 + sig, err
+        assert returncode == 128 + sig, err
     finally:
         proc.stdin.close()
         proc.stderr.close()
