@@ -2,7 +2,7 @@
 
 spec/stream-format.md is the normative text; every constant here is named
 there.  All integers are little-endian.  Each layout is a module-level
-``struct.Struct`` next to the dataclass it fills.
+``struct.Struct`` next to the record class it fills (rawsend/stream/recordclass.py).
 """
 
 from __future__ import annotations
@@ -11,9 +11,8 @@ import enum
 import functools
 import stat
 import struct
-from dataclasses import dataclass
-
 from rawsend.errors import LimitExceeded, MalformedRecord, UnsafePath
+from rawsend.stream.recordclass import Frozen, record
 
 # -- preamble -------------------------------------------------------------------------
 
@@ -108,7 +107,7 @@ RecordType.INCREMENTAL = frozenset(range(10, 22)) & frozenset(RecordType.NAMES)
 # rawsend/dump.py, one function per class.  A new record type is one class here, one
 # Sink method, its spec section and its vectors.
 
-class _Record:
+class _Record(Frozen):
     __slots__ = ()
     TYPES: tuple[int, ...] = ()
     PAYLOAD = False
@@ -154,7 +153,7 @@ Cipher.NAMES = {t.value: t.name.lower().replace("_", "-") for t in Cipher}  # "a
 Cipher.BY_NAME = {v: k for k, v in Cipher.NAMES.items()}
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Header(_Record):
     TYPES = (RecordType.HEADER,)
     SEALED = False
@@ -207,7 +206,7 @@ ROOT_ID = 1
 MAX_FILE_ID = 2**63 - 1  # ids of a chain of incremental streams keep counting up from the base's
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Create(_Record):
     TYPES = (RecordType.MKDIR, RecordType.MKFILE, RecordType.MKNOD, RecordType.SYMLINK)
     SINK = "create"
@@ -275,7 +274,7 @@ class Create(_Record):
 LINK_BODY = struct.Struct("<QQH")  # file_id u64, parent_id u64, name_len u16; then name
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Link(_Record):
     TYPES = (RecordType.LINK,)
     SINK = "link"
@@ -304,7 +303,7 @@ class Link(_Record):
 XATTR_BODY = struct.Struct("<QHI")  # file_id u64, name_len u16, value_len u32; name, value
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class SetXattr(_Record):
     TYPES = (RecordType.SET_XATTR,)
     SINK = "xattr"
@@ -363,7 +362,7 @@ _COMPRESSION_NAMES, _CIPHER_NAMES = Compression.NAMES, Cipher.NAMES
 _NO_KEY_ID, _NO_NONCE = bytes(16), bytes(NONCE_LEN)
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Extent(_Record):
     TYPES = (RecordType.EXTENT,)
     PAYLOAD = True
@@ -430,7 +429,7 @@ class Extent(_Record):
 BASE_BODY = struct.Struct("<16s32sQ")
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Base(_Record):
     """Record 1 of an incremental stream: the stream whose tree it changes."""
     TYPES = (RecordType.BASE,)
@@ -460,7 +459,7 @@ class Base(_Record):
 RENAME_BODY = struct.Struct("<QQQHH")
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Rename(_Record):
     """Move the entry ``name`` in ``parent_id`` (a name of ``file_id``) to a free name."""
     TYPES = (RecordType.RENAME,)
@@ -495,7 +494,7 @@ class Rename(_Record):
 UNLINK_BODY = LINK_BODY
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Unlink(_Record):
     """Remove the entry ``name`` in ``parent_id``, a name of the non-directory ``file_id``."""
     TYPES = (RecordType.UNLINK,)
@@ -522,7 +521,7 @@ class Unlink(_Record):
         return cls(file_id, parent_id, name)
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Rmdir(Unlink):
     """Remove the empty directory ``file_id``, entry ``name`` in ``parent_id``."""
     TYPES = (RecordType.RMDIR,)
@@ -535,7 +534,7 @@ class Rmdir(Unlink):
 TRUNCATE_BODY = struct.Struct("<QQ")
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Truncate(_Record):
     """Set the size of the regular file ``file_id`` (cut or extend with a hole)."""
     TYPES = (RecordType.TRUNCATE,)
@@ -562,7 +561,7 @@ class Truncate(_Record):
 CHMOD_BODY = struct.Struct("<QI")
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Chmod(_Record):
     TYPES = (RecordType.CHMOD,)
     SINK = "chmod"
@@ -588,7 +587,7 @@ class Chmod(_Record):
 CHOWN_BODY = struct.Struct("<QII")
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Chown(_Record):
     TYPES = (RecordType.CHOWN,)
     SINK = "chown"
@@ -612,7 +611,7 @@ class Chown(_Record):
 UTIMES_BODY = struct.Struct("<QqIqI")
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Utimes(_Record):
     TYPES = (RecordType.UTIMES,)
     SINK = "utimes"
@@ -641,7 +640,7 @@ class Utimes(_Record):
 REMOVE_XATTR_BODY = struct.Struct("<QH")
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class RemoveXattr(_Record):
     TYPES = (RecordType.REMOVE_XATTR,)
     SINK = "remove_xattr"
@@ -671,7 +670,7 @@ class RemoveXattr(_Record):
 UPDATE_FILE_BODY = struct.Struct("<QQ")
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class UpdateFile(_Record):
     """Make the regular file ``file_id`` current: the EXTENT and PUNCH_HOLE records after it
     change its data.  ``size`` is its size at this point of the stream."""
@@ -699,7 +698,7 @@ class UpdateFile(_Record):
 PUNCH_HOLE_BODY = struct.Struct("<QQQ")
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class PunchHole(_Record):
     """Deallocate ``length`` bytes of the current file at ``offset``: they read as zeros."""
     TYPES = (RecordType.PUNCH_HOLE,)
@@ -738,7 +737,7 @@ MAX_SOURCE_LEN = 4095   # PATH_MAX - 1
 MAX_VERSION_LEN = 64
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Label(_Record):
     TYPES = (RecordType.LABEL,)
     SKIPPABLE = True
@@ -784,7 +783,7 @@ class Label(_Record):
 END_BODY = struct.Struct("<QQ32s32s")
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class End(_Record):
     TYPES = (RecordType.END,)
     SEALED = False
