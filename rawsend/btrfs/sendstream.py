@@ -31,7 +31,7 @@ import uuid as uuidlib
 from dataclasses import dataclass, field
 from typing import BinaryIO, Iterator
 
-from crc32c import crc32c
+from rawsend.crc import crc32c
 
 from rawsend.errors import (
     BadMagic,

@@ -13,7 +13,7 @@ import hashlib
 from dataclasses import dataclass
 from typing import BinaryIO, Callable, Iterator
 
-from crc32c import crc32c
+from rawsend.crc import crc32c
 
 from rawsend.errors import (
     BadMagic, ChecksumMismatch, DigestMismatch, LimitExceeded, MalformedRecord, RecordOrderError,

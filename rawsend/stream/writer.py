@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from typing import Callable
 
-from crc32c import crc32c
+from rawsend.crc import crc32c
 
 from rawsend.errors import OutputClosed, OutputError
 from rawsend.fsutil import write_all
