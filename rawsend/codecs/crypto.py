@@ -35,6 +35,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from rawsend.codecs.keys import Key, load_key
+from rawsend.codecs.sealing import _where, check_sealing  # noqa: F401  (check_sealing: importable here too)
 from rawsend.errors import AuthenticationFailed, KeyProblem, MalformedRecord
 from rawsend.stream.records import (
     AEAD_TAG_LEN, CLEAR_TYPES, EXTENT_AAD_LEN, FLAG_SEALED, MAX_BODY_LEN, MAX_EXTENT_LEN, NONCE_LEN, Cipher, End,
@@ -79,42 +80,6 @@ def extent_aad(stream_id: bytes, index: int, extent: Extent) -> bytes:
 def end_mac(mac_key: bytes, header_body: bytes, record_count: int, byte_count: int, digest: bytes) -> bytes:
     msg = header_body + MAC_COUNTS.pack(record_count, byte_count) + digest
     return hmac.new(mac_key, msg, hashlib.sha256).digest()
-
-
-def check_sealing(header: Header, raw, extent: Extent | None = None) -> None:
-    """The rules a reader checks with or without the key (spec "Which records are sealed").
-
-    ``raw`` is a record other than HEADER and END; ``extent`` its clear body
-    when it is an EXTENT.
-    """
-    sealed = bool(raw.flags & FLAG_SEALED)
-    if not header.encrypted:
-        if sealed:
-            raise MalformedRecord("sealed record in a stream that is not encrypted", **_where(raw))
-        if extent is not None and extent.encryption:
-            raise MalformedRecord("encrypted extent in a stream that is not encrypted", **_where(raw))
-        return
-    if raw.type == _EXTENT:
-        if sealed:
-            raise MalformedRecord("extent record with a sealed body (extent bodies stay in the clear)", **_where(raw))
-        if extent is not None:
-            if extent.encryption != header.cipher:
-                raise MalformedRecord(f"extent encryption {Cipher.NAMES[extent.encryption]}, the stream uses"
-                                      f" {Cipher.NAMES[header.cipher]}", **_where(raw))
-            if extent.disk_num_bytes <= AEAD_TAG_LEN:
-                raise MalformedRecord(f"encrypted extent of {extent.disk_num_bytes} payload bytes, not more"
-                                      f" than its {AEAD_TAG_LEN}-byte tag", **_where(raw))
-            if extent.key_id != header.key_id:
-                raise MalformedRecord(f"extent names key id {extent.key_id.hex()}, the stream's key id is"
-                                      f" {header.key_id.hex()}", **_where(raw))
-    elif raw.type not in _CLEAR_TYPES and not sealed:
-        raise MalformedRecord(f"{RecordType.name_of(raw.type)} record in the clear in an encrypted stream",
-                              **_where(raw),
-                              hint="an encrypted stream seals every metadata record; this one was altered")
-
-
-def _where(raw) -> dict:
-    return dict(record=raw.index, offset=raw.offset)
 
 
 def _key_of(key) -> Key:

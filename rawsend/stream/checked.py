@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import BinaryIO, Iterator
 
-from rawsend.codecs.crypto import check_sealing
+from rawsend.codecs.sealing import check_sealing
 from rawsend.errors import KeyMissing, KeyProblem, MalformedRecord, RawsendError, RecordOrderError, WrongKey
 from rawsend.stream.checker import (
     CLEAR_RULE_TYPES, Limits, StreamChecker, check_clear_rules, check_extent_features,
