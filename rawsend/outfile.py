@@ -8,7 +8,6 @@ renaming over it would replace the device, not write to it.
 from __future__ import annotations
 
 import os
-import secrets
 import stat
 from contextlib import contextmanager
 from pathlib import Path
@@ -40,7 +39,7 @@ def atomic_output(path: str, tag: str) -> Iterator[int]:
             os.close(fd)
         return
     target = Path(path)
-    temp = str(target.parent / f".{target.name}.{tag}-{os.getpid()}-{secrets.token_hex(4)}")
+    temp = str(target.parent / f".{target.name}.{tag}-{os.getpid()}-{os.urandom(4).hex()}")
     try:
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
     except OSError as e:

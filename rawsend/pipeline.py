@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import time
 from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator, NamedTuple
 
@@ -63,7 +62,10 @@ class Encoder:
         self.max_in_flight = max_in_flight or 8 * self.threads
         self.stats = SendStats()
         self.progress = progress
-        self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="encode") if self.threads > 1 else None
+        self._pool = None
+        if self.threads > 1:
+            from concurrent.futures import ThreadPoolExecutor  # here: receive and verify need no pool
+            self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="encode")
         self._pending: deque = deque()
         self._next_index = writer.next_index
 
@@ -101,7 +103,7 @@ class Encoder:
 
     def _write_one(self) -> None:
         done = self._pending.popleft()
-        if isinstance(done, Future):
+        if done.__class__ is not _Framed:  # a Future of the pool
             done = done.result()
         self.writer.write_record(done.type, done.body, done.payload, done.flags)
         extent = done.extent
@@ -132,7 +134,7 @@ class Encoder:
     def close(self) -> None:
         if self._pool is not None:
             for f in self._pending:
-                if isinstance(f, Future):
+                if f.__class__ is not _Framed:
                     f.cancel()
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None

@@ -19,8 +19,6 @@ order than it is).  Every output of rawsend passes through this module:
 
 from __future__ import annotations
 
-import json
-
 import click
 
 _SHORT = {"\n": "\\n", "\t": "\\t", "\r": "\\r"}
@@ -82,6 +80,7 @@ def _json_escape(ch: str) -> str:
 def json_line(obj, sort_keys: bool = False) -> str:
     """One line of JSON; characters that are not printable (controls, DEL, C1, bidi
     overrides, separators, lone surrogates) only ever appear as ``\\u`` escapes."""
+    import json  # here: most commands print no JSON
     text = json.dumps(obj, ensure_ascii=False, sort_keys=sort_keys)
     if text.isprintable():
         return text
