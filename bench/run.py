@@ -224,7 +224,7 @@ def leave_dirty(path: Path, size: int) -> None:
 def tree_cases(rawsend: str, src: Path, m: dict, small: Path, ms: dict, huge: Path, mh: dict,
                stream: Path, dest: "Destination", enc_skip: str | None, key: Path, store_skip: str | None,
                relay_store: Path, many: tuple[Path, int, str | None],
-               deep: tuple[Path, int, str | None]) -> list[Case]:
+               deep: tuple[Path, int, str | None], small_stream: Path) -> list[Case]:
     D = dest.path
     dst, store = D / "tree", D / "store"
     L, F = m["logical_bytes"], m["files"]
@@ -306,8 +306,33 @@ def tree_cases(rawsend: str, src: Path, m: dict, small: Path, ms: dict, huge: Pa
         Case("rs-deep", "small files", f"cat STREAM | rawsend receive DIR ({deep[1]} files alternating between "
              f"two {DEEP_LEVELS}-deep dirs)", [["cat", str(deep[0])], [rawsend, "receive", str(dst)]],
              0, deep[1], rawsend=True, skip=deep[2], **w),
+        # start-up: a command whose work is small, so that interpreter start and imports are most of it
+        Case("rs-verify-4m", "start-up", "rawsend verify STREAM (a 4 MiB stream of 8 files)",
+             [[rawsend, "verify", str(small_stream)]], VERIFY_BYTES, VERIFY_FILES, rawsend=True),
     ]
     return cases
+
+
+VERIFY_FILES, VERIFY_BYTES = 8, 4 * MiB
+
+
+def small_stream(rawsend: str, tmp: Path) -> Path:
+    """A 4 MiB stream (8 files of incompressible bytes) for the start-up row."""
+    src = tmp / "verify-src"
+    src.mkdir()
+    rng = random.Random(4)
+    for i in range(VERIFY_FILES):
+        (src / f"f{i}").write_bytes(rng.randbytes(VERIFY_BYTES // VERIFY_FILES))
+    path = tmp / "verify-4m.rs"
+    subprocess.run([rawsend, "send", "-o", str(path), str(src)], check=True, stderr=subprocess.DEVNULL)
+    return path
+
+
+def compile_package() -> None:
+    """Bytecode for rawsend's modules, as an installed package has it: an editable install under
+    PYTHONDONTWRITEBYTECODE would otherwise compile every module in every process of every row."""
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(REPO / "rawsend")], check=False,
+                   stdout=subprocess.DEVNULL)
 
 
 # -- incremental sends: send --state on the corpus with about 1 % of it changed -------------------
@@ -707,6 +732,10 @@ def targets(by_name: dict[str, Case], peak_rss: float | None) -> list[dict]:
     why = None if inc else "not run"
     add("incremental stream <= 3 % of the full stream (about 1 % changed)",
         inc.get("size_ratio") and 100 * inc["size_ratio"], 3, why, unit="%", higher_is_better=False)
+    c = by_name.get("rs-verify-4m")
+    med = c.median() if c else None
+    add("rawsend verify of a 4 MiB stream, wall <= 0.12 s", med and med["wall_s"], 0.12,
+        None if med else (c and (c.skip or c.error)) or "not run", unit="s", higher_is_better=False)
     v, why = speed("rs-inc", "rs-inc-plain")
     add("incremental send wall <= 15 % of the full send's (send --state vs send)",
         None if v is None else 100 / v, 15, why, unit="%", higher_is_better=False)
@@ -784,6 +813,7 @@ def main(argv=None) -> int:
         print("rawsend is not on PATH (make bench puts the venv's first)", file=sys.stderr)
         return 2
     ensure_tools()
+    compile_package()
     if not os.access(TIME, os.X_OK):
         print(f"{TIME} (GNU time) is missing: apt-get install time", file=sys.stderr)
         return 2
@@ -831,7 +861,7 @@ def main(argv=None) -> int:
     try:
         inc_cases = selected(incremental_cases(rawsend, inc, inc_m, dest))
         cases = selected(tree_cases(rawsend, src, m, small, ms, huge, mh, stream, dest, enc_skip, key,
-                                    store_skip, relay_store, many, deep)) + inc_cases
+                                    store_skip, relay_store, many, deep, small_stream(rawsend, tmp))) + inc_cases
         with BtrfsPair(args.scale, src, bt_skip) as pair:
             if pair.skip is None:
                 native = (REPO / "rawsend" / "sources" / "btrfs.py").exists()
