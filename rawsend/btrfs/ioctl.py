@@ -12,12 +12,11 @@ inside an ioctl.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 
 # use_errno=True so ctypes.get_errno() reports the call's errno. ctypes releases
 # the GIL around foreign calls, so long ioctls do not block other Python threads.
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+_libc = ctypes.CDLL(None, use_errno=True)  # libc, linked into the interpreter (find_library runs ldconfig)
 
 ioctl = _libc.ioctl
 ioctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p]

@@ -12,7 +12,6 @@ one with O_NOFOLLOW, one call each.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import os
 import struct
@@ -38,7 +37,7 @@ SYS_OPENAT2 = 437  # the same number on every Linux architecture but alpha
 _HOW = OPEN_HOW.pack(DIR_FLAGS, 0, RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS
                      | RESOLVE_NO_XDEV)
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+_libc = ctypes.CDLL(None, use_errno=True)  # libc, linked into the interpreter (find_library runs ldconfig)
 _syscall = _libc.syscall
 _syscall.restype = ctypes.c_long
 

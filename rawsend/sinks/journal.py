@@ -19,7 +19,6 @@ with RENAME_EXCHANGE, after which the old inode is in the staging directory and 
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import json
 import os
@@ -40,7 +39,7 @@ RENAME_EXCHANGE = 2
 PROGRESS = struct.Struct("<Q")
 KILL_HOOK = "RAWSEND_TEST_KILL_AT"  # tests: SIGKILL this process at a named point of the commit
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+_libc = ctypes.CDLL(None, use_errno=True)  # libc, linked into the interpreter (find_library runs ldconfig)
 
 
 def test_hook(point: str) -> None:
