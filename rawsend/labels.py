@@ -8,7 +8,6 @@ said to be sealed.  Every field is stream bytes, shown only through rawsend.text
 from __future__ import annotations
 
 import os
-import socket
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -29,7 +28,7 @@ def make_label(label: str, source: str) -> Label:
     if len(data) > MAX_LABEL_LEN:
         raise UsageError(f"--label is {len(data)} bytes long, over {MAX_LABEL_LEN}",
                            hint=f"give a label of at most {MAX_LABEL_LEN} bytes (UTF-8)")
-    host = socket.gethostname().encode("utf-8", "replace")[:MAX_HOST_LEN]
+    host = os.uname().nodename.encode("utf-8", "replace")[:MAX_HOST_LEN]  # gethostname(), without socket
     path = os.fsencode(os.path.abspath(source))
     if len(path) > MAX_SOURCE_LEN:  # the record keeps the start of the path: a note, not a name
         path = path[:MAX_SOURCE_LEN]
