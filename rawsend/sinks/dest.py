@@ -4,7 +4,6 @@ from the stream's header, so the choice is made in begin() and every later call 
 
 from __future__ import annotations
 
-from rawsend.sinks.apply import ChangeApplier
 from rawsend.sinks.tree import TreeSink
 from rawsend.stream.records import Feature
 
@@ -21,6 +20,7 @@ class DestSink:
 
     def begin(self, header) -> None:
         if header.required_features & Feature.INCREMENTAL:
+            from rawsend.sinks.apply import ChangeApplier  # here: a full receive needs none of it
             t = self.tree
             self.target = ChangeApplier(t.dest, t.policy, t.report, sync=t.sync, force=self.force,
                                         encoded_writes=t.encoded_writes)
