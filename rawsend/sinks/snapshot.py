@@ -28,7 +28,7 @@ from rawsend.sinks.apply import ChangeApplier
 from rawsend.fsutil import left_by_dead_process
 from rawsend.sinks.chain import move_into_place
 from rawsend.sinks.journal import test_hook
-from rawsend.sinks.deststate import STATE_SUFFIX, DestState, Lock, make_state_dir, row_of, state_dir
+from rawsend.sinks.deststate import STATE_SUFFIX, DestState, Lock, make_state_dir, root_identity, row_of, state_dir
 from rawsend.sinks.namespace import TEMP_MARK, check_dest, check_parent, clean_stale_temps, remove_tree
 from rawsend.sinks.received import base_identity, received_identity
 from rawsend.stream.records import ROOT_ID
@@ -147,9 +147,14 @@ class SnapshotApplier:
             os.chmod(tree_sdir / "state.db", 0o600)
             try:
                 state.db.backup(copy)
-                root = os.stat(self.tree)  # the snapshot keeps every inode number; its device is its own
-                copy.executemany("UPDATE meta SET value = ? WHERE key = ?",
-                                 [(root.st_dev, "root_dev"), (root.st_ino, "root_ino")])
+                # the snapshot keeps every inode number; it is a subvolume of its own
+                tree_fd = os.open(self.tree, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+                try:
+                    identity = root_identity(tree_fd)
+                finally:
+                    os.close(tree_fd)
+                copy.execute("DELETE FROM meta WHERE key IN ('root_dev', 'root_uuid', 'root_ino')")
+                copy.executemany("INSERT INTO meta VALUES (?, ?)", list(identity.items()))
             finally:
                 copy.close()
         except sqlite3.Error as e:

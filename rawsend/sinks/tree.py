@@ -318,7 +318,7 @@ class TreeSink:
         held = deststate.Held(0, header.stream_id, self._end.digest, 2, self._creates + 1, header.created_ns,
                               deststate.now_ns(), header.key_id if header.encrypted else None)
         try:
-            self.recorder.commit(os.fstat(self.ns.root_fd), held)
+            self.recorder.commit(self.ns.root_fd, held)
         except OSError as e:
             raise self._os_error(e, 0) from None
         except sqlite3.Error as e:
