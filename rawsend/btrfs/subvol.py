@@ -13,7 +13,9 @@ import stat
 import struct
 from dataclasses import dataclass
 
-from rawsend.btrfs.inode import has_cap_sys_admin, is_btrfs
+from rawsend.btrfs.inode import (
+    FS_COMPR_FL, FS_NOCOMP_FL, FS_NOCOW_FL, INODE_FLAGS, has_cap_sys_admin, inode_flags, is_btrfs,
+)
 from rawsend.btrfs.ioctl import _IOR, _IOW, _IOWR, BTRFS_IOCTL_MAGIC
 
 BTRFS_FIRST_FREE_OBJECTID = 256  # the inode number of every subvolume's top directory
@@ -46,6 +48,12 @@ assert (BTRFS_IOC_SUBVOL_CREATE, BTRFS_IOC_SNAP_DESTROY, BTRFS_IOC_SNAP_CREATE_V
     0x5000940E, 0x5000940F, 0x50009417)
 assert (BTRFS_IOC_SET_RECEIVED_SUBVOL, BTRFS_IOC_GET_SUBVOL_INFO) == (0xC0C89425, 0x81F8943C)
 
+FS_IOC_SETFLAGS = _IOW(ord("f"), 2, struct.calcsize("l"))
+assert struct.calcsize("l") != 8 or FS_IOC_SETFLAGS == 0x40086602
+# what a new directory takes from its parent: a new subvolume is given them by hand
+INHERITED_FLAGS = FS_NOCOW_FL | FS_COMPR_FL | FS_NOCOMP_FL
+COMPRESSION_PROPERTY = b"btrfs.compression"
+
 NAME_MAX = 255
 
 
@@ -59,6 +67,20 @@ def _name(name: str | bytes) -> bytes:
 def create(parent_fd: int, name: str | bytes) -> None:
     """A new, empty, writable subvolume ``name`` in the directory ``parent_fd``."""
     fcntl.ioctl(parent_fd, BTRFS_IOC_SUBVOL_CREATE, bytearray(VOL_ARGS.pack(0, _name(name))))
+
+
+def inherit(parent_fd: int, fd: int) -> None:
+    """Give the new subvolume ``fd`` what a new directory in ``parent_fd`` would inherit: the
+    NOCOW and compression flags and the compression property (a subvolume's top directory
+    inherits nothing)."""
+    flags = inode_flags(parent_fd) & INHERITED_FLAGS
+    if flags:
+        fcntl.ioctl(fd, FS_IOC_SETFLAGS, bytearray(INODE_FLAGS.pack(inode_flags(fd) | flags)))
+    try:
+        value = os.getxattr(parent_fd, COMPRESSION_PROPERTY)
+    except OSError:
+        return
+    os.setxattr(fd, COMPRESSION_PROPERTY, value)
 
 
 def snapshot(source_fd: int, parent_fd: int, name: str | bytes, *, readonly: bool = False) -> None:

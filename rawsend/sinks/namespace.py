@@ -95,7 +95,12 @@ def _make_subvolume(parent: Path, name: str) -> bool:
         if not subvol.can_create(fd):
             return False
         subvol.create(fd, name)
-        os.chmod(name, 0o700, dir_fd=fd, follow_symlinks=False)
+        top = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+        try:
+            os.fchmod(top, 0o700)
+            subvol.inherit(fd, top)  # NOCOW and compression, as a directory made there would have
+        finally:
+            os.close(top)
         return True
     finally:
         os.close(fd)
@@ -258,7 +263,8 @@ class Namespace:
             subvol.set_readonly(self.root_fd)
         except OSError as e:
             raise DestinationError(f"cannot mark the received subvolume read-only and received: {e.strerror}",
-                                   path=str(self.temp), hint="receive with --no-subvolume for a plain directory") from None
+                                   path=str(self.temp),
+                                   hint="receive with --no-subvolume for a plain directory") from None
 
     def rename_into_place(self, sync: bool) -> None:
         self.close()
