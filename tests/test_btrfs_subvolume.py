@@ -184,6 +184,17 @@ def test_parent_off_btrfs_gives_a_directory(src, fs, chain, tmp_path):
     assert_same_tree(src / "s0", tmp_path / "r0")
 
 
+def test_without_cap_sys_admin_a_directory(src, fs, chain):
+    drop = ("setpriv", "--bounding-set=-sys_admin", "--inh-caps=-sys_admin")
+    if subprocess.run([*drop, "true"]).returncode != 0:
+        pytest.skip("setpriv cannot drop CAP_SYS_ADMIN here")
+    d = fs / "dst14"
+    d.mkdir()
+    ok(rawsend("receive", "-f", str(chain[0]), str(d / "r0"), prefix=drop))
+    assert (d / "r0").is_dir() and not subvol.is_subvolume(d / "r0")
+    assert_same_tree(src / "s0", d / "r0")
+
+
 def test_cut_stream_leaves_no_subvolume(fs, chain, tmp_path):
     d = fs / "dst5"
     d.mkdir()
@@ -318,3 +329,52 @@ def test_rawsend_incremental_onto_a_btrfs_received_base_is_refused(fs, chain):
     assert proc.returncode == 3, proc.stderr.decode()
     assert "no rawsend state beside it" in proc.stderr.decode()
     assert sorted(os.listdir(theirs)) == [".r1.rawsend", "r0"]
+
+
+# -- encrypted, through a keyless store, and across a remount ------------------------------------
+
+def test_encrypted_chain_through_a_keyless_store(src, fs, chain, tmp_path):
+    """send --state --encrypt of s0 then s1, kept by a store without the key, relayed out of it
+    and received with the key: read-only received subvolumes, the second a snapshot of the first."""
+    key = tmp_path / "k.key"
+    ok(rawsend("keygen", "-o", str(key)))
+    state, store = tmp_path / "state", tmp_path / "store"
+    ids = []
+    for name in ("s0", "s1"):
+        os.rename(src / name, src / "snap")  # STATE belongs to one source path
+        try:
+            out = tmp_path / f"{name}.rs"
+            ok(rawsend("send", "--state", str(state), "--encrypt", str(key), "-o", str(out), str(src / "snap")))
+        finally:
+            os.rename(src / "snap", src / name)
+        ok(rawsend("receive", "--store", str(store), "-f", str(out)))
+        ids.append(stream_id_of(out))
+    d = fs / "dst13"
+    d.mkdir()
+    for i, name in enumerate(("r0", "r1")):
+        relayed = ok(rawsend("send", "--stream", ids[i].hex(), str(store))).stdout
+        ok(rawsend("receive", "--key-file", str(key), str(d / name), stdin=relayed))
+    r0, r1 = show(d / "r0"), show(d / "r1")
+    assert (r0["Received UUID"], r1["Received UUID"]) == (as_uuid(ids[0]), as_uuid(ids[1]))
+    assert r0["Flags"] == r1["Flags"] == "readonly" and r1["Parent UUID"] == r0["UUID"]
+    assert_same_tree(src / "s0", d / "r0")
+    assert_same_tree(src / "s1", d / "r1")
+    assert verbatim(src / "s0", d / "r0") > 0
+
+
+def test_base_is_found_after_a_remount(src, chain, tmp_path):
+    """A subvolume's device number is handed out anew at each mount: the state beside the base
+    names it by its subvolume UUID, so an incremental still finds it after a remount."""
+    with btrfs_mount(tmp_path, options="", size="256M") as mnt:
+        ok(receive(chain[0], mnt / "other"))
+        ok(receive(chain[0], mnt / "r0"))
+        before = os.stat(mnt / "r0").st_dev
+        img = mnt.with_suffix(".img")
+        run("umount", str(mnt))
+        run("mount", "-o", "loop", str(img), str(mnt))
+        os.stat(mnt / "other")  # first: it takes the device number r0 had
+        if os.stat(mnt / "r0").st_dev == before:
+            pytest.skip("the remount gave r0 its device number again")
+        assert f"holds stream {stream_id_of(chain[0]).hex()}" in ok(rawsend("status", str(mnt / "r0"))).stdout.decode()
+        ok(receive(chain[1], mnt / "r1"))
+        assert_same_tree(src / "s1", mnt / "r1")
