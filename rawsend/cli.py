@@ -592,8 +592,11 @@ def _btrfs_send_summary(report) -> str:
               help="DEST is a store (created if missing): keep the stream verbatim, encrypted or not; no key needed.")
 @click.option("--force", is_flag=True,
               help="Incremental stream: apply it also over files changed in DEST since it was received.")
+@click.option("--no-subvolume", is_flag=True,
+              help="On btrfs, make DEST a plain directory, not a read-only received subvolume (an incremental"
+                   " stream then changes the DEST that holds its base).")
 def receive(dest, input_path, key_files, preserve_owner, preserve_special, preserve_devices, max_bytes, max_files,
-            max_depth, no_sync, no_raw, progress, includes, into_store, force):
+            max_depth, no_sync, no_raw, progress, includes, into_store, force, no_subvolume):
     """Rebuild the tree from a stream on stdin into DEST (which must not exist, or be empty).
 
     With --store, add the stream as it is to the store DEST instead.
@@ -611,7 +614,8 @@ def receive(dest, input_path, key_files, preserve_owner, preserve_special, prese
         given = [name for name, value in (("--key-file", key_files), ("--preserve-owner", preserve_owner is not None),
                                           ("--preserve-special", preserve_special),
                                           ("--preserve-devices", preserve_devices), ("--no-sync", no_sync),
-                                          ("--include", includes), ("--force", force)) if value]
+                                          ("--include", includes), ("--force", force),
+                                          ("--no-subvolume", no_subvolume)) if value]
         if given:
             raise click.UsageError(f"{', '.join(given)} cannot apply with --store: a store keeps the stream as it"
                                    " came (verify STORE --key-file authenticates it)")
@@ -628,6 +632,8 @@ def receive(dest, input_path, key_files, preserve_owner, preserve_special, prese
                                        " (send STORE --chain): it restores a whole tree into a new DEST")
             _receive_chain(stream, dest, _load_keyring(key_files), limits, options, progress)
             return
+        if not includes:  # a selection is never a subvolume: nothing can be sent against it
+            options["subvolume"] = not no_subvolume
         _receive_tree(stream, dest, key_files, limits, options, progress, includes, force, preserve_owner)
 
 

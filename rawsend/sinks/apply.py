@@ -69,10 +69,13 @@ class ChangeApplier:
     """A ChangeSink that applies an incremental stream to the tracked tree at ``dest``."""
 
     def __init__(self, dest: Path, policy, report, *, sync: bool = True, force: bool = False,
-                 encoded_writes: bool = True):
+                 encoded_writes: bool = True, stage_in_dest: bool = False):
         self.dest = Path(os.path.abspath(dest))
         self.policy, self.report, self.sync, self.force = policy, report, sync, force
         self.encoded_writes = encoded_writes
+        # the staging directory in DEST's top directory instead of its state directory: for a DEST
+        # that is a subvolume of its own, which renames cannot enter from outside
+        self.stage_in_dest = stage_in_dest
         self.state: DestState | None = None
         self.header = None
         self.base_rec = None
@@ -151,11 +154,17 @@ class ChangeApplier:
         self._make_stage()
 
     def _make_stage(self) -> None:
-        sdir = self.state.dir
-        self.stage = sdir / f"stage-{os.getpid()}-{secrets.token_hex(4)}"
+        tag = f"{os.getpid()}-{secrets.token_hex(4)}"
+        if self.stage_in_dest:
+            self.stage = self.dest / f"{journal.STAGE_IN_DEST}{tag}"
+            top = os.fstat(self.state.dest_fd)  # its times, which the mkdir changes, as the manifest has them
+        else:
+            self.stage = self.state.dir / f"stage-{tag}"
         try:
             os.mkdir(self.stage, 0o700)
             self.stage_fd = os.open(self.stage, DIR_FLAGS)
+            if self.stage_in_dest:
+                os.utime(self.state.dest_fd, ns=(top.st_atime_ns, top.st_mtime_ns))
         except OSError as e:
             raise DestinationError(f"cannot create the staging directory: {e.strerror}", path=str(self.stage)) from None
         if os.fstat(self.stage_fd).st_dev != os.fstat(self.state.dest_fd).st_dev:
@@ -642,8 +651,8 @@ class ChangeApplier:
                 "next_id": max(self.state.held.next_id, base.first_id + self._creates), "created_ns": h.created_ns,
                 "received_ns": now_ns(), "key_id": h.key_id.hex() if h.encrypted else None}
         return {"version": journal.JOURNAL_VERSION, "root_ino": os.fstat(self.state.dest_fd).st_ino,
-                "stage": self.stage.name, "ops": ops, "stat": stat_list, "names": names, "removed": removed,
-                "held": held}
+                "stage": self.stage.name, "stage_in_dest": self.stage_in_dest, "ops": ops, "stat": stat_list,
+                "names": names, "removed": removed, "held": held}
 
     def _times_kept(self, dir_ids) -> list[list]:
         """A swap changes its directory's mtime, which the stream did not change unless it set the

@@ -51,7 +51,7 @@ def receive_chain(members: Iterable[Member], dest, *, keyring=None, limits=None,
         try:
             before = None
             for member in members:
-                sink = DestSink(tree, **options)
+                sink = DestSink(tree, **{**options, "subvolume": False})  # applied in place: a directory
                 checked = _MemberSink(sink, member, before)
                 try:
                     stats = receive(member.input, checked, keyring=keyring, limits=limits)
@@ -63,13 +63,13 @@ def receive_chain(members: Iterable[Member], dest, *, keyring=None, limits=None,
                 result.warnings += sink.report.warnings
                 if on_member is not None:
                     on_member(member, stats)
-            _move_into_place(tree, dest, sdir)
+            move_into_place(tree, dest, sdir)
         finally:
             remove_tree(work)
     return result
 
 
-def _move_into_place(tree: Path, dest: Path, sdir: Path) -> None:
+def move_into_place(tree: Path, dest: Path, sdir: Path) -> None:
     """The tree first, then its state: killed between the two, DEST is complete but untracked
     (status says so), never tracked as a tree it does not hold."""
     try:

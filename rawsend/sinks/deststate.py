@@ -3,7 +3,8 @@
 It lives beside DEST, never inside the tree: ``PARENT/.DEST.rawsend/`` holds ``state.db`` (SQLite:
 the chain and the manifest), ``lock`` (one rawsend command at a time on DEST), and while an
 incremental stream is applied its staging directory and, in the commit phase, ``journal``.
-The database records DEST's own device and inode number, so a state directory that outlived
+The database records DEST's own inode number and device (on btrfs: subvolume UUID, see
+root_identity), so a state directory that outlived
 its DEST (DEST removed, or replaced by another tree) is recognised and ignored: nothing is set
 on DEST itself, which a comparison of trees would see.
 """
@@ -18,6 +19,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from rawsend.btrfs import is_btrfs, subvol
 from rawsend.errors import DestStateError
 from rawsend.fsutil import fsync_dir
 from rawsend.sinks.namespace import remove_tree
@@ -71,6 +73,27 @@ def row_of(st: os.stat_result) -> FileRow:
     kind = stat.S_IFMT(st.st_mode)
     size = st.st_size if kind in (stat.S_IFREG, stat.S_IFLNK) else 0
     return FileRow(kind, st.st_ino, size, st.st_mtime_ns)
+
+
+def root_identity(fd: int) -> dict:
+    """What the state database names DEST's top directory by (``meta``): its inode number and, on
+    btrfs, the UUID of the subvolume it is in, whose device number is handed out anew at every
+    mount; elsewhere its device number."""
+    st = os.fstat(fd)
+    try:
+        if is_btrfs(fd):
+            return {"root_uuid": subvol.info(fd).uuid, "root_ino": st.st_ino}
+    except OSError:  # a kernel without GET_SUBVOL_INFO (before 4.18)
+        pass
+    return {"root_dev": st.st_dev, "root_ino": st.st_ino}
+
+
+def _same_root(meta: dict, fd: int) -> bool:
+    if "root_uuid" not in meta:  # a state that names the device (off btrfs, or written before)
+        st = os.fstat(fd)
+        return (meta.get("root_dev"), meta.get("root_ino")) == (st.st_dev, st.st_ino)
+    found = root_identity(fd)
+    return (found.get("root_uuid"), found["root_ino"]) == (meta["root_uuid"], meta.get("root_ino"))
 
 
 def _connect(path: Path) -> sqlite3.Connection:
@@ -161,11 +184,11 @@ class Recorder:
         self._files.clear()
         self._names.clear()
 
-    def commit(self, root: os.stat_result, held: Held) -> None:
-        """The tree is in place: ``root`` is its stat, ``held`` the stream it came from."""
+    def commit(self, root_fd: int, held: Held) -> None:
+        """The tree is complete: ``root_fd`` is its top directory, ``held`` the stream it came from."""
         self._flush()
         db = self.db
-        db.executemany("INSERT INTO meta VALUES (?, ?)", [("root_dev", root.st_dev), ("root_ino", root.st_ino)])
+        db.executemany("INSERT INTO meta VALUES (?, ?)", list(root_identity(root_fd).items()))
         insert_chain(db, held)
         db.execute("COMMIT")
         db.close()
@@ -236,8 +259,7 @@ class DestState:
             if not ok:
                 raise DestStateError("its state database is not one rawsend wrote", path=str(db_path),
                                      hint="remove it and receive a full stream into a new DEST")
-            root = os.fstat(dest_fd)
-            if (meta.get("root_dev"), meta.get("root_ino")) != (root.st_dev, root.st_ino):
+            if not _same_root(meta, dest_fd):
                 db.close()
                 lock.__exit__()
                 os.close(dest_fd)

@@ -37,6 +37,7 @@ JOURNAL_VERSION = 1
 RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
 PROGRESS = struct.Struct("<Q")
+STAGE_IN_DEST = ".rawsend-stage-"  # the staging directory's prefix where it is in DEST's top directory
 KILL_HOOK = "RAWSEND_TEST_KILL_AT"  # tests: SIGKILL this process at a named point of the commit
 
 _libc = ctypes.CDLL(None, use_errno=True)  # libc, linked into the interpreter (find_library runs ldconfig)
@@ -260,7 +261,7 @@ def execute(state, journal: dict, jpath: Path, *, sync: bool = True, resume: boo
     directory, and each operation's paths are those at its point of the sequence."""
     from rawsend.sinks.deststate import FileRow, Held, row_of
     sdir = state.dir
-    stage = sdir / journal["stage"]
+    stage = (state.dest if journal.get("stage_in_dest") else sdir) / journal["stage"]
     try:
         stage_fd = os.open(stage, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except FileNotFoundError:

@@ -18,6 +18,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
+from rawsend.btrfs import subvol
 from rawsend.errors import DestinationError
 from rawsend.fsutil import fsync_dir, left_by_dead_process
 from rawsend.sinks.dirfds import DirCache
@@ -50,16 +51,18 @@ def remove_tree(path: Path) -> None:
     followed.  Best effort, never raises (it runs while another error is on its way out):
     whatever stays is removed by the next receive into the same destination.
     """
-    if not _real_dir(path):
+    if not _real_dir(path) or subvol.remove(path):  # a subvolume goes whole, read-only or not
         return
     try:
         os.chmod(path, 0o700)
     except OSError:
         pass
     for top, dirs, _files in os.walk(path):  # top-down: each directory opens before it is listed
-        for name in dirs:
+        for name in list(dirs):
             sub = os.path.join(top, name)
-            if _real_dir(sub):
+            if subvol.remove(sub):
+                dirs.remove(name)
+            elif _real_dir(sub):
                 try:
                     os.chmod(sub, 0o700)
                 except OSError:
@@ -82,6 +85,25 @@ def clean_stale_temps(dest: Path) -> list[Path]:
             remove_tree(p)
             removed.append(p)
     return removed
+
+
+def _make_subvolume(parent: Path, name: str) -> bool:
+    """Create ``name`` in ``parent`` as a subvolume of mode 0700; False where the parent is not
+    on btrfs or we lack CAP_SYS_ADMIN (the caller makes a plain directory)."""
+    fd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        if not subvol.can_create(fd):
+            return False
+        subvol.create(fd, name)
+        top = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+        try:
+            os.fchmod(top, 0o700)
+            subvol.inherit(fd, top)  # NOCOW and compression, as a directory made there would have
+        finally:
+            os.close(top)
+        return True
+    finally:
+        os.close(fd)
 
 
 NEW_PATH = "choose a new directory; receive never overwrites"
@@ -164,8 +186,9 @@ def check_dest(dest: Path) -> None:
 class Namespace:
     """The temporary tree of one receive: names by file id, directory fds, commit and abort."""
 
-    def __init__(self, dest: str | Path):
+    def __init__(self, dest: str | Path, *, subvolume: bool = False):
         self.dest = Path(os.path.abspath(dest))
+        self.subvolume = subvolume  # make it a btrfs subvolume where the parent allows (begin)
         self.temp: Path | None = None
         self.nodes: dict[int, Node] = {}
         self.dirs: list[int] = []  # directories created, for their metadata at commit
@@ -179,7 +202,10 @@ class Namespace:
         clean_stale_temps(self.dest)
         self.temp = parent / f".{self.dest.name}{TEMP_MARK}{os.getpid()}-{secrets.token_hex(4)}"
         try:
-            os.mkdir(self.temp, 0o700)
+            if self.subvolume:
+                self.subvolume = _make_subvolume(parent, self.temp.name)
+            if not self.subvolume:
+                os.mkdir(self.temp, 0o700)
         except OSError as e:
             if e.errno in (errno.EACCES, errno.EPERM):
                 raise DestinationError("its parent directory is not writable", path=str(parent),
@@ -228,6 +254,17 @@ class Namespace:
     def close(self) -> None:
         if self._fds is not None:
             self._fds.close()
+
+    def finish_subvolume(self, uuid: bytes, stransid: int, stime_ns: int) -> None:
+        """A subvolume is marked received (received_uuid, stransid, stime) and made read-only,
+        after its last write and before its rename: under DEST's name it is always complete."""
+        try:
+            subvol.set_received(self.root_fd, uuid, stransid, stime_ns)
+            subvol.set_readonly(self.root_fd)
+        except OSError as e:
+            raise DestinationError(f"cannot mark the received subvolume read-only and received: {e.strerror}",
+                                   path=str(self.temp),
+                                   hint="receive with --no-subvolume for a plain directory") from None
 
     def rename_into_place(self, sync: bool) -> None:
         self.close()

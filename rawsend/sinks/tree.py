@@ -21,9 +21,11 @@ from rawsend.errors import DestinationError, DestStateError, MalformedRecord, Ra
 from rawsend.fsutil import syncfs
 from rawsend.sinks import deststate
 from rawsend.sinks.durable import Durability, FsyncFailed
+from rawsend.sinks.journal import test_hook
 from rawsend.sinks.extents import ExtentWriter, PwriteWriter, pick_writer
 from rawsend.sinks.namespace import Namespace
 from rawsend.sinks.policy import MetadataPolicy
+from rawsend.sinks.received import received_identity
 from rawsend.stream.records import ROOT_ID, Compression, Create, Extent, Feature, Link, RecordType, SetXattr
 
 # as globals: cheaper per record than the enum's class attributes
@@ -54,8 +56,9 @@ class TreeReport:
 class TreeSink:
     def __init__(self, dest: str | Path, *, preserve_owner: bool | None = None,
                  preserve_special: bool = False, preserve_devices: bool = False, sync: bool = True,
-                 encoded_writes: bool = True, track: bool = True):
-        self.ns = Namespace(dest)
+                 encoded_writes: bool = True, track: bool = True, subvolume: bool = False):
+        # subvolume: DEST is made a read-only received btrfs subvolume where its parent allows
+        self.ns = Namespace(dest, subvolume=subvolume)
         self.dest = self.ns.dest
         self.report = TreeReport()
         self.policy = MetadataPolicy(self.report, preserve_owner=preserve_owner,
@@ -297,6 +300,10 @@ class TreeSink:
             raise self._os_error(e, 0) from None
         finally:
             durable.close()
+        if self.ns.subvolume:  # after its last write: read-only from here on
+            uuid, stransid = received_identity(self._header)
+            self.ns.finish_subvolume(uuid, stransid, self._header.created_ns)
+            test_hook("subvolume")
         if self.recorder is not None:
             # before the rename, which keeps the inode: a DEST in place always has its state
             self._commit_state()
@@ -311,7 +318,7 @@ class TreeSink:
         held = deststate.Held(0, header.stream_id, self._end.digest, 2, self._creates + 1, header.created_ns,
                               deststate.now_ns(), header.key_id if header.encrypted else None)
         try:
-            self.recorder.commit(os.fstat(self.ns.root_fd), held)
+            self.recorder.commit(self.ns.root_fd, held)
         except OSError as e:
             raise self._os_error(e, 0) from None
         except sqlite3.Error as e:
