@@ -119,7 +119,7 @@ BODY_SECTION = {"header": "HEADER", "create": "Create records", "link": "LINK", 
                 "extent": "EXTENT", "end": "END", "base": "BASE", "rename": "RENAME", "unlink": "UNLINK and RMDIR",
                 "truncate": "TRUNCATE", "chmod": "CHMOD", "chown": "CHOWN", "utimes": "UTIMES",
                 "remove_xattr": "REMOVE_XATTR", "update_file": "UPDATE_FILE", "punch_hole": "PUNCH_HOLE",
-                "label": "LABEL"}
+                "label": "LABEL", "snapshot": "SNAPSHOT"}
 
 
 def test_the_record_types_table_is_the_codes():
