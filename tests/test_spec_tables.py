@@ -184,7 +184,7 @@ def _same_as_the_code(section: str, rtype: int, fields: dict, body: bytes) -> No
                       "num_bytes", "unencoded_len", "unencoded_offset", "disk_num_bytes", "compression",
                       "encryption", "file_id", "parent_id", "mode", "uid", "gid", "name", "target", "value",
                       "first_id", "to_parent_id", "to_name", "size", "length", "label", "host", "source",
-                      "version"):
+                      "version", "uuid", "ctransid", "parent_uuid", "parent_ctransid"):
             assert getattr(rec, name) == value, (section, name)
         elif derived.get(name):
             if name.endswith("_len"):
