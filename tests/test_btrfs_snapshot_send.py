@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import sys
 import uuid
 from pathlib import Path
 
@@ -27,7 +28,6 @@ def _btrfs(*argv) -> str:
 
 
 def _rawsend(*argv, input_path=None) -> subprocess.CompletedProcess:
-    import sys
     stdin = open(input_path, "rb") if input_path else subprocess.DEVNULL
     try:
         return subprocess.run([sys.executable, "-m", "rawsend", *map(str, argv)], stdin=stdin, capture_output=True,

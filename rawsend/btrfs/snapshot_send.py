@@ -29,7 +29,7 @@ from typing import Callable, Iterator
 
 from rawsend import btrfs
 from rawsend.btrfs import sendstream as ss
-from rawsend.btrfs.send import SEND_FLAG_NO_FILE_DATA, send_to_file  # noqa: F401 (flag named in docs)
+from rawsend.btrfs.send import send_to_file
 from rawsend.btrfs.sendstream import SendStreamReader
 from rawsend.btrfs.sendtree import ROOT_INO, Inode, SendTree
 from rawsend.btrfs.subvol import NO_UUID, SubvolInfo, subvol_info
