@@ -388,32 +388,7 @@ class Incremental:
         return self.root / "now-inc.rs"
 
     def _change(self, rng: random.Random) -> None:
-        t = self.tree
-        blobs = sorted((p for p in (t / "random").iterdir()), key=lambda p: -p.stat().st_size)[:4]
-        for p in blobs:  # 4 KiB overwrites inside the largest files
-            size = p.stat().st_size
-            fd = os.open(p, os.O_WRONLY)
-            for _ in range(4):
-                os.pwrite(fd, rng.randbytes(4096), rng.randrange(0, max(1, size - 4096)))
-            os.close(fd)
-        logs = sorted((t / "logs").iterdir())[:3]
-        total = sum(p.stat().st_size for p in (t / "logs").iterdir())
-        for p in logs:  # appended logs: together 1 % of all logs
-            with open(p, "ab") as f:
-                f.write(b"".join(b"10.0.0.%d - - [03/Dec/2026] \"GET /x/%d HTTP/1.1\" 200 512\n"
-                                 % (i % 250, i) for i in range(total // 100 // len(logs) // 52)))
-        os.rename(t / "inbox", t / "inbox-2026")
-        small = sorted(p for d in sorted((t / "small").iterdir()) for p in d.iterdir())
-        picked = rng.sample(small, INC_DELETED + 2 * INC_ATTRS)
-        for p in picked[:INC_DELETED]:
-            p.unlink()
-        for p in picked[INC_DELETED:INC_DELETED + INC_ATTRS]:
-            p.chmod(0o600)
-        for p in picked[INC_DELETED + INC_ATTRS:]:
-            os.setxattr(p, "user.tag", b"reviewed")
-        self.changed = [f"{len(blobs) * 4} 4 KiB overwrites in {len(blobs)} files", f"{len(logs)} logs appended",
-                        f"a directory of {INC_DIR_FILES} files renamed", f"{INC_DELETED} files deleted",
-                        f"{INC_ATTRS} chmods", f"{INC_ATTRS} xattrs"]
+        self.changed = change_one_percent(self.tree, rng, "inbox")
 
     def reset_state(self) -> None:
         shutil.copy2(self.root / "STATE.base", self.root / "STATE")  # keeps its mode 0600
@@ -467,6 +442,37 @@ def incremental_cases(rawsend: str, inc: Incremental, m: dict, dest: "Destinatio
 
 
 INCREMENTAL: dict = {}  # Incremental.figures(), once the cases ran
+
+
+def change_one_percent(t: Path, rng: random.Random, moved: str) -> list[str]:
+    """About 1 % of the corpus tree ``t`` changed: overwrites, appends, the directory ``moved`` renamed,
+    deletes, chmods and xattrs; returns what was done, for the report."""
+    blobs = sorted((p for p in (t / "random").iterdir()), key=lambda p: -p.stat().st_size)[:4]
+    for p in blobs:  # 4 KiB overwrites inside the largest files
+        size = p.stat().st_size
+        fd = os.open(p, os.O_WRONLY)
+        for _ in range(4):
+            os.pwrite(fd, rng.randbytes(4096), rng.randrange(0, max(1, size - 4096)))
+        os.close(fd)
+    logs = sorted((t / "logs").iterdir())[:3]
+    total = sum(p.stat().st_size for p in (t / "logs").iterdir())
+    for p in logs:  # appended logs: together 1 % of all logs
+        with open(p, "ab") as f:
+            f.write(b"".join(b"10.0.0.%d - - [03/Dec/2026] \"GET /x/%d HTTP/1.1\" 200 512\n"
+                             % (i % 250, i) for i in range(total // 100 // len(logs) // 52)))
+    os.rename(t / moved, t / f"{moved}-2026")
+    moved_files = sum(1 for _ in (t / f"{moved}-2026").rglob("*"))
+    small = sorted(p for d in sorted((t / "small").iterdir()) for p in d.iterdir())
+    picked = rng.sample(small, INC_DELETED + 2 * INC_ATTRS)
+    for p in picked[:INC_DELETED]:
+        p.unlink()
+    for p in picked[INC_DELETED:INC_DELETED + INC_ATTRS]:
+        p.chmod(0o600)
+    for p in picked[INC_DELETED + INC_ATTRS:]:
+        os.setxattr(p, "user.tag", b"reviewed")
+    return [f"{len(blobs) * 4} 4 KiB overwrites in {len(blobs)} files", f"{len(logs)} logs appended",
+            f"a directory of {moved_files} entries renamed", f"{INC_DELETED} files deleted",
+            f"{INC_ATTRS} chmods", f"{INC_ATTRS} xattrs"]
 
 
 DEEP_LEVELS = 500
@@ -650,6 +656,46 @@ def btrfs_cases(rawsend: str, snap: Path, dst: Path, m: dict, native: bool) -> l
     ]
 
 
+def btrfs_incremental_cases(rawsend: str, pair: "BtrfsPair", work: Path, m: dict) -> list[Case]:
+    """snap2 is snap with about 1 % changed: the kernel's diff through rawsend (send --state -p, the
+    base received from a tracked full stream) against btrfs send -p | btrfs receive (the base
+    received as a subvolume); each DEST holds the base before every run, outside the timing."""
+    snap, snap2, dst = pair.snap, pair.snap2, pair.dst
+    L, F = m["logical_bytes"], m["files"]
+    rs_dest, bt_dest = dst / "inc-rs" / "tree", dst / "inc-bt"
+
+    def rs_base() -> None:
+        if not (work / "full.rs").exists():
+            work.mkdir(parents=True, exist_ok=True)
+            subprocess.run([rawsend, "send", "--state", str(work / "STATE.base"), "-o", str(work / "full.rs"),
+                            str(snap)], check=True, stderr=subprocess.DEVNULL)
+        shutil.copy2(work / "STATE.base", work / "STATE")
+        _rm(rs_dest.parent)
+        rs_dest.parent.mkdir(parents=True)
+        with open(work / "full.rs", "rb") as f:
+            subprocess.run([rawsend, "receive", str(rs_dest)], stdin=f, check=True, stderr=subprocess.DEVNULL)
+        syncfs(dst)
+
+    def bt_base() -> None:
+        if not (bt_dest / "snap").exists():
+            bt_dest.mkdir(parents=True, exist_ok=True)
+            send = subprocess.Popen(["btrfs", "-q", "send", str(snap)], stdout=subprocess.PIPE)
+            subprocess.run(["btrfs", "-q", "receive", str(bt_dest)], stdin=send.stdout, check=True)
+            send.wait()
+        if (bt_dest / "snap2").exists():
+            subprocess.run(["btrfs", "-q", "subvolume", "delete", "-c", str(bt_dest / "snap2")], check=True)
+        syncfs(dst)
+
+    return [
+        Case("rs-bt-inc", "btrfs", "rawsend send --state STATE -p SNAP SNAP2 | rawsend receive DIR (about 1 % changed)",
+             [[rawsend, "send", "--state", str(work / "STATE"), "-p", str(snap), str(snap2)],
+              [rawsend, "receive", str(rs_dest)]], L, F, sync=dst, peer="bt-inc", rawsend=True, before=rs_base),
+        Case("bt-inc", "btrfs", "btrfs send -p SNAP SNAP2 | btrfs receive (about 1 % changed)",
+             [["btrfs", "-q", "send", "-p", str(snap), str(snap2)], ["btrfs", "-q", "receive", str(bt_dest)]],
+             L, F, sync=dst, before=bt_base),
+    ]
+
+
 # -- running and reporting ---------------------------------------------------------------------
 
 def drop_caches() -> None:
@@ -722,6 +768,9 @@ def targets(by_name: dict[str, Case], peak_rss: float | None) -> list[dict]:
     v, why = speed("bt-rs", "bt-send")
     add("btrfs->btrfs wall <= 0.8 x btrfs send|receive (rawsend wall / btrfs wall)",
         None if v is None else 1 / v, 0.8, why, higher_is_better=False)
+    v, why = speed("rs-bt-inc", "bt-inc")
+    add("btrfs incremental (about 1 % changed) wall <= 1.0 x btrfs send -p | btrfs receive",
+        None if v is None else 1 / v, 1.0, why, higher_is_better=False)
     v, why = speed("rs-enc-send", "tar-zstd-enc")
     add("send --encrypt (zstd 1, AES-256-GCM) >= 1.0 x tar | zstd -1 -T2 | openssl", v, 1.0, why)
     v, why = speed("rs-small", "tar-small")
@@ -866,6 +915,7 @@ def main(argv=None) -> int:
             if pair.skip is None:
                 native = (REPO / "rawsend" / "sources" / "btrfs.py").exists()
                 cases += selected(btrfs_cases(rawsend, pair.snap, pair.dst, m, native))
+                cases += selected(btrfs_incremental_cases(rawsend, pair, tmp / "btrfs-incremental", m))
             else:
                 cases.append(Case("bt-rs", "btrfs", "rawsend vs btrfs send | btrfs receive", skip=pair.skip))
             for rep in range(args.reps):
@@ -903,7 +953,8 @@ class BtrfsPair:
         size = max(1 << 30, int(3 * scale * (1 << 30)) + (512 << 20))
         self._src = LoopFs(self.dir / "src.img", size, MKFS_BTRFS, "compress=zstd:1")
         self._dst = LoopFs(self.dir / "dst.img", size, MKFS_BTRFS, "compress=no")
-        self.snap = self.dst = None
+        self.snap = self.snap2 = self.dst = None
+        self.changed: list[str] = []
 
     def __enter__(self) -> "BtrfsPair":
         if self.skip:
@@ -917,8 +968,11 @@ class BtrfsPair:
             subprocess.run(["cp", "-a", f"{self.src}/.", str(mnt / "data")], check=True)
             subprocess.run(["btrfs", "-q", "subvolume", "snapshot", "-r", str(mnt / "data"), str(mnt / "snap")],
                            check=True)
+            data = mnt / "data"  # then about 1 % changed, for the incremental cases
+            self.changed = change_one_percent(data, random.Random(12), f"small/{sorted(os.listdir(data / 'small'))[0]}")
+            subprocess.run(["btrfs", "-q", "subvolume", "snapshot", "-r", str(data), str(mnt / "snap2")], check=True)
             os.sync()
-            self.snap = mnt / "snap"
+            self.snap, self.snap2 = mnt / "snap", mnt / "snap2"
             self.dst = self._dst.__enter__()
         except (subprocess.CalledProcessError, OSError) as e:
             self.skip = f"cannot set up loop btrfs: {e}"

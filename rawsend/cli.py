@@ -300,8 +300,13 @@ def main():
 @click.option("--label", "label_text", default=None, metavar="TEXT",
               help="Record TEXT (UTF-8, at most 1024 bytes), this host's name, the SOURCE path and the rawsend"
                    " version in the stream (sealed with --encrypt); 'rawsend ls STORE' and dump show them.")
+# send -p: the kernel's diff between read-only btrfs snapshots (the _send_snapshot block below)
+@click.option("-p", "--parent-snapshot", "parent_snap", type=click.Path(file_okay=False, readable=False),
+              metavar="PARENT_SNAP",
+              help="With --state, SOURCE a read-only btrfs snapshot: send what changed since the read-only snapshot"
+                   " PARENT_SNAP, whose stream STATE holds, as btrfs computes it (as 'btrfs send -p').")
 def send(source, output, compress_name, level, encrypt_key, cipher, threads, no_raw, progress, stream_id, chain,
-         excludes, exclude_from, one_fs, dry_run, state_path, parent_id, keep_state, label_text):
+         excludes, exclude_from, one_fs, dry_run, state_path, parent_id, keep_state, label_text, parent_snap=None):
     """Write a stream of the tree SOURCE to stdout (or -o FILE).
 
     When SOURCE is a store, relay one stored stream instead, byte for byte.
@@ -345,6 +350,10 @@ def send(source, output, compress_name, level, encrypt_key, cipher, threads, no_
         from rawsend.codecs.keys import load_key
         from rawsend.stream.records import Cipher
         sealer = Sealer(load_key(encrypt_key, warn=_warn), Cipher.BY_NAME[cipher])
+    if parent_snap is not None:
+        _send_snapshot(source, parent_snap, state_path, parent_id, keep_state, output, compression, level, threads,
+                       sealer, no_raw, patterns, one_fs, dry_run, label)
+        return
     if state_path is not None:
         _send_tracked(source, state_path, parent_id, keep_state, output, compression, level, threads, sealer,
                       progress, patterns, one_fs, dry_run, label)
@@ -418,6 +427,37 @@ def _send_tracked(source, state_path, parent_id, keep, output, compression, leve
         _tracked_summary(ts, stats, info, time.monotonic() - started)
     if warnings:
         sys.exit(SendWarning.exit_code)
+
+
+def _send_snapshot(source, parent_snap, state_path, parent_id, keep, output, compression, level, threads, sealer,
+                   no_raw, patterns, one_fs, dry_run, label) -> None:
+    """send -p: the kernel's diff from PARENT_SNAP to SOURCE as an incremental stream against the
+    stream STATE holds of PARENT_SNAP; STATE records it once the stream is complete."""
+    from rawsend.btrfs.snapshot_send import SnapshotSend
+    from rawsend.incremental.state import DEFAULT_KEEP
+    from rawsend.stream.writer import fd_writer
+
+    given = [name for name, value in (("--parent", parent_id), ("--exclude", patterns), ("--one-file-system", one_fs),
+                                      ("--dry-run", dry_run), ("--no-raw", no_raw)) if value]
+    if state_path is None:
+        raise click.UsageError("-p needs --state: the STATE that holds the stream sent from PARENT_SNAP")
+    if given:
+        raise click.UsageError(f"{', '.join(given)} cannot apply with -p: the kernel diffs the whole snapshot")
+    started = time.monotonic()
+    with SnapshotSend.open(state_path, source, parent_snap, warn=_warn) as snap:
+        snap.diff()
+        with _output(output, "send") as out_fd:
+            stats = snap.send(fd_writer(out_fd), compression=compression, level=level, threads=threads,
+                              sealer=sealer, label=label)
+        info = snap.commit(keep or DEFAULT_KEEP)
+        s = snap.stats
+        changes = ", ".join(f"{n} {name}" for name, n in sorted(s.changes.items())) or "no changes"
+        _note(f"sent incremental stream against {snap.base.id_hex} (btrfs send -p {parent_snap}: {s.commands}"
+              f" commands, {_human(s.kernel_bytes)}; {changes}); {_n(s.ranges, 'range')} read"
+              f" ({_human(s.range_bytes)}): {_human(stats.logical_bytes)} of data as {_human(stats.stream_bytes)}"
+              f" of stream in {time.monotonic() - started:.2f} s")
+        _note(f"stream {info.id_hex} recorded in STATE {snap.state.path} ({_human(snap.state.size())},"
+              f" {_n(len(snap.state.streams()), 'stream')} kept)")
 
 
 def _tracked_summary(ts, stats, info, elapsed: float) -> None:

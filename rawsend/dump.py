@@ -14,9 +14,14 @@ from rawsend.errors import RawsendError
 from rawsend.stream.checked import CheckedReader, EndEvent, HeaderEvent, RecordEvent
 from rawsend.stream.reader import RawRecord
 from rawsend.stream.records import (
-    ROOT_ID, VERSION, Base, Chmod, Chown, Cipher, Compression, Create, End, Extent, Feature, Header, Label,
+    ROOT_ID, VERSION, Base, Chmod, Chown, Cipher, Compression, Create, End, Extent, Feature, Header, Label, SnapshotNote,
     Link, PunchHole, RecordType, RemoveXattr, Rename, Rmdir, SetXattr, Truncate, Unlink, UpdateFile, Utimes,
 )
+
+
+def _uuid(b: bytes) -> str:
+    h = b.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def _time(ns: int) -> str:
@@ -150,6 +155,11 @@ class Dumper:
     def _label(self, f: dict, rec: Label) -> None:
         f.update(label=rec.label, host=rec.host, source=rec.source, version=rec.version)
 
+    def _snapshot(self, f: dict, rec: SnapshotNote) -> None:
+        f.update(uuid=_uuid(rec.uuid), ctransid=rec.ctransid)
+        if rec.parent_ctransid:
+            f.update(parent_uuid=_uuid(rec.parent_uuid), parent_ctransid=rec.parent_ctransid)
+
     def _end(self, f: dict, rec: End) -> None:
         f.update(records=rec.record_count, bytes=rec.byte_count, digest=rec.digest.hex())
         if any(rec.mac):
@@ -159,7 +169,7 @@ class Dumper:
     _FIELDS = {Header: _header, Create: _create, Link: _link, SetXattr: _xattr, Extent: _extent, End: _end,
                Base: _base, Rename: _rename, Unlink: _unlink, Rmdir: _unlink, Truncate: _sized, Chmod: _chmod,
                Chown: _chown, Utimes: _utimes, RemoveXattr: _remove_xattr, UpdateFile: _sized,
-               PunchHole: _punch_hole, Label: _label}
+               PunchHole: _punch_hole, Label: _label, SnapshotNote: _snapshot}
 
     def line(self, raw: RawRecord, rec) -> str:
         f = self.fields(raw, rec)

@@ -77,7 +77,41 @@ def test_other_schema_version(tmp_path, src):
     db.execute("PRAGMA user_version = 7")
     db.close()
     msg = refused(p, src, E.StateVersion)
-    assert msg.startswith("STATE has an unsupported schema version: schema version 7, this rawsend reads version 1")
+    assert msg.startswith("STATE has an unsupported schema version: schema version 7, this rawsend reads version 2 (and upgrades version 1)")
+
+
+def _as_version_1(p) -> None:
+    db = sqlite3.connect(p)
+    db.execute("DROP TABLE snapshots")
+    db.execute("PRAGMA user_version = 1")
+    db.commit()
+    db.close()
+
+
+def test_version_1_is_upgraded_in_place(tmp_path, src):
+    p = tmp_path / "s.db"
+    State.open(p, src).close()
+    _as_version_1(p)
+    with State.open(p, src) as st:
+        assert st.snapshots() == {}
+    db = sqlite3.connect(p)
+    assert db.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert db.execute("SELECT count(*) FROM snapshots").fetchone()[0] == 0
+    db.close()
+
+
+def test_version_1_with_a_foreign_table_is_not_upgraded(tmp_path, src):
+    p = tmp_path / "s.db"
+    State.open(p, src).close()
+    _as_version_1(p)
+    db = sqlite3.connect(p)
+    db.execute("CREATE TABLE snapshots (x)")  # version 1 never had it
+    db.commit()
+    db.close()
+    assert "its tables are not those of a rawsend STATE" in refused(p, src, E.NotAState)
+    db = sqlite3.connect(p)
+    assert db.execute("PRAGMA user_version").fetchone()[0] == 1
+    db.close()
 
 
 def test_other_source(tmp_path, src):

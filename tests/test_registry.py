@@ -28,7 +28,8 @@ def test_every_record_type_has_one_class_and_one_name():
     assert RecordType.NAMES == {1: "header", 2: "mkdir", 3: "mkfile", 4: "mknod", 5: "symlink", 6: "link",
                                 7: "set_xattr", 8: "extent", 9: "end", 10: "rename", 11: "unlink", 12: "rmdir",
                                 13: "truncate", 14: "chmod", 15: "chown", 16: "utimes", 17: "remove_xattr",
-                                18: "update_file", 20: "base", 21: "punch_hole", 48: "label"}
+                                18: "update_file", 20: "base", 21: "punch_hole", 48: "label",
+                                49: "snapshot"}
     assert RecordType.INCREMENTAL == set(range(10, 22)) - {19}
     assert {RECORDS[t] for t in (RecordType.MKDIR, RecordType.MKFILE, RecordType.MKNOD, RecordType.SYMLINK)} == {Create}
 

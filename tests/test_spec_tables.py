@@ -119,7 +119,7 @@ BODY_SECTION = {"header": "HEADER", "create": "Create records", "link": "LINK", 
                 "extent": "EXTENT", "end": "END", "base": "BASE", "rename": "RENAME", "unlink": "UNLINK and RMDIR",
                 "truncate": "TRUNCATE", "chmod": "CHMOD", "chown": "CHOWN", "utimes": "UTIMES",
                 "remove_xattr": "REMOVE_XATTR", "update_file": "UPDATE_FILE", "punch_hole": "PUNCH_HOLE",
-                "label": "LABEL"}
+                "label": "LABEL", "snapshot": "SNAPSHOT"}
 
 
 def test_the_record_types_table_is_the_codes():
@@ -184,7 +184,7 @@ def _same_as_the_code(section: str, rtype: int, fields: dict, body: bytes) -> No
                       "num_bytes", "unencoded_len", "unencoded_offset", "disk_num_bytes", "compression",
                       "encryption", "file_id", "parent_id", "mode", "uid", "gid", "name", "target", "value",
                       "first_id", "to_parent_id", "to_name", "size", "length", "label", "host", "source",
-                      "version"):
+                      "version", "uuid", "ctransid", "parent_uuid", "parent_ctransid"):
             assert getattr(rec, name) == value, (section, name)
         elif derived.get(name):
             if name.endswith("_len"):

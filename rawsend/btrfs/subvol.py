@@ -1,5 +1,12 @@
 """Subvolume ioctls: create, snapshot, delete, read-only flag, received UUID, subvolume info.
 
+    info(fd) / subvol_info(path)  # root id, uuids, transids, read-only
+    info.send_identity            # (uuid, ctransid) as the kernel's send stream names it
+
+A send stream names its subvolume (SUBVOL, SNAPSHOT) and its parent (SNAPSHOT's clone
+fields) by received_uuid when that is set, else by uuid, with the ctransid
+(fs/btrfs/send.c send_subvol_begin); btrfs receive finds the parent by that pair.
+
 The argument structs hold no pointers (a snapshot's qgroup_inherit pointer stays NULL), so
 struct.Struct layouts and fcntl.ioctl on a bytearray do (linux/btrfs.h, 64-bit Linux).  All of
 them but GET_SUBVOL_INFO and SET_RECEIVED_SUBVOL need CAP_SYS_ADMIN.
@@ -22,6 +29,7 @@ BTRFS_FIRST_FREE_OBJECTID = 256  # the inode number of every subvolume's top dir
 BTRFS_SUBVOL_RDONLY = 1 << 1       # SUBVOL_GETFLAGS / SETFLAGS
 BTRFS_ROOT_SUBVOL_RDONLY = 1 << 0  # the root item's flags, as GET_SUBVOL_INFO gives them
 UUID_SIZE = 16
+NO_UUID = bytes(UUID_SIZE)
 
 # struct btrfs_ioctl_vol_args: s64 fd; char name[4088]
 VOL_ARGS = struct.Struct("=q4088s")
@@ -132,6 +140,11 @@ class SubvolInfo:
     def readonly(self) -> bool:
         return bool(self.flags & BTRFS_ROOT_SUBVOL_RDONLY)
 
+    @property
+    def send_identity(self) -> tuple[bytes, int]:
+        """(uuid, ctransid) as a send stream names this subvolume."""
+        return (self.received_uuid if self.received_uuid != NO_UUID else self.uuid), self.ctransid
+
 
 def info(fd: int) -> SubvolInfo:
     """What GET_SUBVOL_INFO says of the subvolume ``fd`` is in (no capability needed)."""
@@ -140,6 +153,18 @@ def info(fd: int) -> SubvolInfo:
     f = SUBVOL_INFO.unpack(buf)
     return SubvolInfo(root_id=f[0], flags=f[5], uuid=f[6], parent_uuid=f[7], received_uuid=f[8],
                       ctransid=f[9], stransid=f[11], rtransid=f[12])
+
+
+def subvol_info(path) -> SubvolInfo:
+    """The info of the subvolume whose top directory is ``path``; OSError when the ioctl
+    fails (ENOTTY: not btrfs), ValueError when ``path`` is not a subvolume's top directory."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        if os.fstat(fd).st_ino != BTRFS_FIRST_FREE_OBJECTID:
+            raise ValueError("not the top directory of a btrfs subvolume")
+        return info(fd)
+    finally:
+        os.close(fd)
 
 
 def is_subvolume(path_or_fd) -> bool:

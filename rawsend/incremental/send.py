@@ -155,6 +155,8 @@ class TrackedSend:
         ``label``: a records.Label, record 2."""
         assert self.plan is not None, "scan() first"
         self.recording = self.state.begin(self.ids, self.parent, self.now.started_ns)
+        self._snapshot = _snapshot_identity(self.src)
+        self.recording.snapshot = self._snapshot  # a later 'send -p SRC SNAP' finds this stream by it
         required = Feature.INCREMENTAL if self.incremental else 0
         self.sent = pipeline_send(self._items(progress), write, compression=compression, level=level,
                                   threads=threads, sealer=sealer, required=required, optional=Feature.TRACKED,
@@ -195,12 +197,18 @@ class TrackedSend:
         timed: set[int] = set()
         if parent is not None:
             yield rec.Base(parent.stream_id, parent.end_digest, self.first_id)
+        noted = self._snapshot is None or parent is not None  # 'send -p' names the parent snapshot too
         for op in plan.ops:
             t = type(op)
             if t is ops.Create:
                 created.add(op.file_id)
                 dirs.add(op.parent_id)
-                yield from self._create(op, progress)
+                items = self._create(op, progress)
+                if not noted:  # record 2 (3 after LABEL): right after the root
+                    noted = True
+                    yield next(items)
+                    yield rec.SnapshotNote(*self._snapshot, bytes(16), 0)
+                yield from items
             elif t is ops.Link:
                 dirs.add(op.parent_id)
                 yield rec.Link(op.file_id, op.parent_id, op.name)
@@ -412,6 +420,16 @@ def _gc_paused():
     finally:
         if was:
             gc.enable()
+
+
+def _snapshot_identity(src) -> tuple[bytes, int] | None:
+    """(uuid, ctransid) as btrfs send names SRC, when SRC is a read-only btrfs snapshot; else None."""
+    from rawsend.btrfs.subvol import subvol_info
+    try:
+        info = subvol_info(src)
+    except (OSError, ValueError):
+        return None
+    return info.send_identity if info.readonly else None
 
 
 def _poisoned(entry: Entry, extents) -> Entry:

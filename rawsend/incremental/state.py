@@ -38,7 +38,7 @@ from rawsend.stream.records import MAX_NAME_LEN, ROOT_ID
 _IFMT = 0o170000
 SQLITE_MAGIC = b"SQLite format 3\0"
 APPLICATION_ID = 0x72735354   # "rsST", at byte 68 of the SQLite header (big-endian)
-SCHEMA_VERSION = 1            # PRAGMA user_version, at byte 60
+SCHEMA_VERSION = 2            # PRAGMA user_version, at byte 60; version 1 is upgraded on open
 DEFAULT_KEEP = 10
 STREAM_ID_LEN = 16
 END_DIGEST_LEN = 32
@@ -55,7 +55,10 @@ SCHEMA = (
     " dev INTEGER NOT NULL, ino INTEGER NOT NULL, mode INTEGER NOT NULL, uid INTEGER NOT NULL,"
     " gid INTEGER NOT NULL, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, ctime_ns INTEGER NOT NULL,"
     " names BLOB NOT NULL, xattrs BLOB, extents BLOB, btime_ns INTEGER NOT NULL)",
+    # the read-only btrfs snapshot a stream was sent from, as its send stream names it (version 2)
+    "CREATE TABLE snapshots (seq INTEGER PRIMARY KEY, uuid BLOB NOT NULL, ctransid INTEGER NOT NULL)",
 )
+SCHEMA_V1 = SCHEMA[:3]
 _COLUMNS = "file_id, dev, ino, mode, uid, gid, size, mtime_ns, ctime_ns, names, xattrs, extents, btime_ns"
 _IN_STREAM = "first_seq <= ?1 AND (last_seq IS NULL OR last_seq >= ?1)"
 _ROWS = f"SELECT rowid, {_COLUMNS} FROM inodes WHERE {_IN_STREAM} ORDER BY file_id"
@@ -112,14 +115,17 @@ class State:
     # -- opening ------------------------------------------------------------------------
 
     @classmethod
-    def open(cls, path: str | os.PathLike, source: str | os.PathLike, *, create: bool = True,
+    def open(cls, path: str | os.PathLike, source: str | os.PathLike | None, *, create: bool = True,
              warn: Callable[[str], None] | None = None) -> "State":
-        """Open STATE for ``source`` (created, mode 0600, when missing and ``create``)."""
+        """Open STATE for ``source`` (created, mode 0600, when missing and ``create``).
+
+        ``source`` None: any source (a send of btrfs snapshots checks its parent snapshot's
+        identity against the snapshots table instead); STATE must exist."""
         path = os.fspath(path)
-        source_id = os.fsencode(os.path.realpath(source))
+        source_id = os.fsencode(os.path.realpath(source)) if source is not None else None
         fd = cls._open_fd(path)
         if fd is None:
-            if not create:
+            if not create or source_id is None:
                 raise StateError("it does not exist", path=path)
             _create(path, source_id)
             fd = cls._open_fd(path)
@@ -169,9 +175,9 @@ class State:
             raise NotAState(f"it is an SQLite database of another program (application id {app_id:#010x})",
                             path=path)
         version = int.from_bytes(head[60:64], "big")
-        if version != SCHEMA_VERSION:
-            raise StateVersion(f"schema version {version}, this rawsend reads version {SCHEMA_VERSION}",
-                               path=path)
+        if version not in (1, SCHEMA_VERSION):
+            raise StateVersion(f"schema version {version}, this rawsend reads version {SCHEMA_VERSION}"
+                               " (and upgrades version 1)", path=path)
         if warn is not None and st.st_mode & 0o077:
             warn(f"STATE {path} can be read by other users (mode {stat.S_IMODE(st.st_mode):04o});"
                  f" run: chmod 600 {path}")
@@ -181,8 +187,13 @@ class State:
             if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):
                 raise StateError("it was replaced while it was opened", path=path, hint="try again")
             with _damage(path):
-                meta = _check_db(db, path)
-            if meta["source"] != source_id:
+                meta = _check_db(db, path, SCHEMA_V1 if version == 1 else SCHEMA)
+                if version == 1:  # under the lock: add the snapshots table, nothing else changes
+                    db.execute("BEGIN IMMEDIATE")
+                    db.execute(SCHEMA[3])
+                    db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+                    db.execute("COMMIT")
+            if source_id is not None and meta["source"] != source_id:
                 raise StateOtherSource(f"it records source {os.fsdecode(meta['source'])!r},"
                                        f" not {os.fsdecode(source_id)!r}", path=path)
             return cls(path, fd, db, meta["source"], meta["secret"], meta["next_file_id"], meta["next_seq"])
@@ -251,6 +262,22 @@ class State:
         self._loaded = (stream.seq, entries, rowids)  # a send against the newest stream reads it once
         return entries
 
+    def snapshot_stream(self, uuid: bytes, ctransid: int) -> StreamInfo | None:
+        """The kept stream sent from the btrfs snapshot (uuid, ctransid), or None."""
+        with _damage(self.path):
+            row = self._db.execute("SELECT seq FROM snapshots WHERE uuid = ? AND ctransid = ?"
+                                   " ORDER BY seq DESC LIMIT 1", (uuid, ctransid)).fetchone()
+        if row is None:
+            return None
+        return next((s for s in self.streams() if s.seq == row[0]), None)
+
+    def snapshots(self) -> dict[int, tuple[bytes, int]]:
+        """seq -> (uuid, ctransid) of the kept streams sent from a btrfs snapshot."""
+        with _damage(self.path):
+            rows = self._db.execute("SELECT seq, uuid, ctransid FROM snapshots ORDER BY seq").fetchall()
+        return {seq: (uuid, ctransid) for seq, uuid, ctransid in rows
+                if isinstance(uuid, bytes) and len(uuid) == 16 and isinstance(ctransid, int)}
+
     def file_ids(self, parent: dict[int, Entry]) -> FileIds:
         """The id map for a send against ``parent`` (a manifest, {} for a full stream)."""
         return FileIds({(e[1], e[2]): e for e in parent.values()}, self.next_file_id)
@@ -291,6 +318,7 @@ class Recording:
                 self._open, self._rowids = _decode_rows(db.execute(_OPEN_ROWS).fetchall(), state.path)
         self._seen: set[int] = set()
         self.added_rows = 0
+        self.snapshot: tuple[bytes, int] | None = None  # (uuid, ctransid) of the btrfs snapshot sent
 
     def add(self, entry: Entry) -> None:
         fid = entry[0]
@@ -330,6 +358,8 @@ class Recording:
             db.execute("INSERT INTO streams VALUES (?,?,?,?,?,?,?)",
                        (info.seq, info.stream_id, info.parent_seq, info.started_ns, info.committed_ns,
                         info.end_digest, info.files))
+            if self.snapshot is not None:
+                db.execute("INSERT INTO snapshots VALUES (?,?,?)", (info.seq, *self.snapshot))
             db.executemany("UPDATE meta SET value = ? WHERE key = ?",
                            ((max(st.next_file_id, self.ids.next_id), "next_file_id"), (self.seq + 1, "next_seq")))
             _prune(db, keep)
@@ -379,21 +409,21 @@ def _connect(path: str) -> sqlite3.Connection:
     return db
 
 
-def _expected_schema() -> list[tuple]:
+def _expected_schema(schema=SCHEMA) -> list[tuple]:
     db = sqlite3.connect(":memory:")
-    for sql in SCHEMA:
+    for sql in schema:
         db.execute(sql)
     rows = db.execute("SELECT type, name, tbl_name, sql FROM sqlite_master ORDER BY name").fetchall()
     db.close()
     return rows
 
 
-def _check_db(db: sqlite3.Connection, path: str) -> dict:
+def _check_db(db: sqlite3.Connection, path: str, schema=SCHEMA) -> dict:
     problems = db.execute("PRAGMA quick_check").fetchall()
     if problems != [("ok",)]:
         raise StateDamaged(f"SQLite integrity check: {problems[0][0]}", path=path)
-    schema = db.execute("SELECT type, name, tbl_name, sql FROM sqlite_master ORDER BY name").fetchall()
-    if schema != _expected_schema():
+    tables = db.execute("SELECT type, name, tbl_name, sql FROM sqlite_master ORDER BY name").fetchall()
+    if tables != _expected_schema(schema):
         raise NotAState("its tables are not those of a rawsend STATE", path=path)
     meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
     if set(meta) != _META_KEYS:
@@ -559,3 +589,4 @@ def _prune(db: sqlite3.Connection, keep: int) -> None:
     db.execute("DELETE FROM streams WHERE seq NOT IN (SELECT seq FROM streams ORDER BY seq DESC LIMIT ?)", (keep,))
     db.execute("DELETE FROM inodes WHERE last_seq IS NOT NULL AND NOT EXISTS"
                " (SELECT 1 FROM streams WHERE seq BETWEEN inodes.first_seq AND inodes.last_seq)")
+    db.execute("DELETE FROM snapshots WHERE seq NOT IN (SELECT seq FROM streams)")

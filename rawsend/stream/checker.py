@@ -293,8 +293,11 @@ def check_clear_rules(header: Header, raw_type: int, index: int, flags: int = 0)
     if raw_type == RecordType.LABEL and index != 2:
         raise RecordOrderError(f"a label record as record {index}; it may only be record 2 (after the root, or"
                                " after BASE), once")
+    if raw_type == RecordType.SNAPSHOT and index not in (2, 3):
+        raise RecordOrderError(f"a snapshot record as record {index}; it may only be record 2 (after the root, or"
+                               " after BASE) or record 3 (after LABEL)")
 
 
 # the types check_clear_rules can refuse in a stream that is not incremental (a reader skips
 # the call for the others: it cannot fail); a new rule there adds its type here
-CLEAR_RULE_TYPES = RecordType.INCREMENTAL | {RecordType.LABEL}
+CLEAR_RULE_TYPES = RecordType.INCREMENTAL | {RecordType.LABEL, RecordType.SNAPSHOT}

@@ -71,6 +71,7 @@ class RecordType(enum.IntEnum):
     PUNCH_HOLE = 21
     # notes about the stream: always SKIPPABLE (a reader may ignore them and build the same tree)
     LABEL = 48
+    SNAPSHOT = 49
 
     @classmethod
     def may_skip(cls, rtype: int) -> bool:
@@ -92,7 +93,7 @@ RecordType.NEVER_SKIPPABLE = (range(0, 1),     # 0 is no type: zeroed or damaged
                               range(10, 32))   # incremental: rename, unlink, ..., clone
 # 32..47 (signature, hash of the whole stream) are always skippable
 # Known types that are notes: they carry SKIPPABLE, so that older readers skip them.
-RecordType.ALWAYS_SKIPPABLE = frozenset({48})
+RecordType.ALWAYS_SKIPPABLE = frozenset({48, 49})
 RecordType.RESERVED = {19: "clone", 32: "signature", 33: "stream_hash"}
 # Types a stream may carry only when it sets the required feature `incremental`.
 RecordType.INCREMENTAL = frozenset(range(10, 22)) & frozenset(RecordType.NAMES)
@@ -777,6 +778,44 @@ class Label(_Record):
         return cls(*fields)
 
 
+# -- SNAPSHOT ---------------------------------------------------------------------------------
+#
+# A note naming the read-only btrfs snapshot the stream was sent from, and for an incremental
+# stream the snapshot its base was sent from, as btrfs send names them (received_uuid when set,
+# else uuid; ctransid): a receiver into a btrfs subvolume sets received_uuid from it, as btrfs
+# receive does.  Record 2 (or 3, after LABEL), SKIPPABLE, sealed when encrypted.
+
+# uuid 16s, ctransid u64, parent_uuid 16s, parent_ctransid u64
+SNAPSHOT_BODY = struct.Struct("<16sQ16sQ")
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotNote(_Record):
+    TYPES = (RecordType.SNAPSHOT,)
+    SKIPPABLE = True
+    SINK = ""  # a note: the tree is the same without it
+
+    uuid: bytes             # the snapshot sent
+    ctransid: int
+    parent_uuid: bytes      # the base's snapshot; zero in a full stream
+    parent_ctransid: int    # zero in a full stream
+
+    type = RecordType.SNAPSHOT
+
+    def pack(self) -> bytes:
+        return SNAPSHOT_BODY.pack(self.uuid, self.ctransid, self.parent_uuid, self.parent_ctransid)
+
+    @classmethod
+    def unpack(cls, body: bytes) -> "SnapshotNote":
+        _exact(body, SNAPSHOT_BODY.size, "snapshot")
+        uuid, ctransid, parent_uuid, parent_ctransid = SNAPSHOT_BODY.unpack(body)
+        if uuid == bytes(16):
+            raise MalformedRecord("snapshot record: the snapshot's uuid is zero")
+        if (parent_uuid == bytes(16)) != (parent_ctransid == 0):
+            raise MalformedRecord("snapshot record: a parent ctransid without a parent uuid, or a uuid without one")
+        return cls(uuid, ctransid, parent_uuid, parent_ctransid)
+
+
 # -- END ------------------------------------------------------------------------------------
 
 # record_count u64, byte_count u64, digest 32s (SHA-256), mac 32s (zero unless encrypted)
@@ -840,7 +879,7 @@ def _at_least(body, size: int, what: str) -> None:
 
 RECORDS: dict[int, type] = {t: cls for cls in (Header, Create, Link, SetXattr, Extent, End, Base, Rename, Unlink,
                                                 Rmdir, Truncate, Chmod, Chown, Utimes, RemoveXattr, UpdateFile,
-                                                PunchHole, Label)
+                                                PunchHole, Label, SnapshotNote)
                             for t in cls.TYPES}
 PAYLOAD_TYPES = frozenset(t for t, cls in RECORDS.items() if cls.PAYLOAD)
 CLEAR_TYPES = frozenset(t for t, cls in RECORDS.items() if not cls.SEALED)  # clear in an encrypted stream

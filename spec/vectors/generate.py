@@ -395,6 +395,43 @@ def label_vectors() -> dict[str, tuple[bytes, Verdict]]:
     return out
 
 
+# -- SNAPSHOT: a note, record 2 (3 after LABEL), always SKIPPABLE -------------------------------------
+
+SNAP_UUID = bytes(range(1, 17))
+PARENT_UUID = bytes(range(17, 33))
+
+
+def snapshot_body(uuid: bytes = SNAP_UUID, ctransid: int = 12, parent_uuid: bytes = PARENT_UUID,
+                  parent_ctransid: int = 9) -> bytes:
+    """A SNAPSHOT body from the spec's table."""
+    return uuid + struct.pack("<Q", ctransid) + parent_uuid + struct.pack("<Q", parent_ctransid)
+
+
+def snapshot_vectors() -> dict[str, tuple[bytes, Verdict]]:
+    """good_snapshot (small() with a SNAPSHOT as record 2) and one damaged vector per SNAPSHOT rule."""
+    base = small()
+    skip = FLAG_SKIPPABLE
+    out = {"good_snapshot": (insert(base, 2, frame(49, skip, snapshot_body(parent_uuid=bytes(16), parent_ctransid=0))),
+                             Verdict("SNAPSHOT: every rule kept (a full stream: no parent)"))}
+
+    def add(name, record, rule, expect, index, offset, reason):
+        out[name] = (insert(base, index, record), Verdict("SNAPSHOT: " + rule, expect, index, offset, reason))
+
+    add("snapshot_not_skippable", frame(49, 0, snapshot_body()), "SNAPSHOT carries SKIPPABLE",
+        "MalformedRecord", 2, SMALL_2, "snapshot record not marked skippable")
+    add("snapshot_body_shorter", frame(49, skip, snapshot_body()[:40]), "body_len is 48",
+        "MalformedRecord", 2, SMALL_2, "snapshot body is 40 bytes, expected 48")
+    add("snapshot_uuid_zero", frame(49, skip, snapshot_body(uuid=bytes(16))), "uuid is never zero",
+        "MalformedRecord", 2, SMALL_2, "the snapshot's uuid is zero")
+    add("snapshot_parent_ctransid_alone", frame(49, skip, snapshot_body(parent_uuid=bytes(16))),
+        "parent_ctransid is zero exactly when parent_uuid is", "MalformedRecord", 2, SMALL_2,
+        "a parent ctransid without a parent uuid")
+    # inserted as record 4: it takes the place of the extent, which followed d/f
+    add("snapshot_out_of_place", frame(49, skip, snapshot_body()), "SNAPSHOT is record 2 or 3 only",
+        "RecordOrderError", 4, SMALL_EXTENT, "a snapshot record as record 4")
+    return out
+
+
 # -- incremental streams ------------------------------------------------------------------------------
 
 # The base every incremental vector names: good_plain (ids 1..9; its next id is 10).
@@ -563,6 +600,7 @@ def vectors() -> dict[str, tuple[bytes, Verdict]]:
     out.update(damaged(plain, packed))
     out.update(incremental_vectors(plain))
     out.update(label_vectors())
+    out.update(snapshot_vectors())
     return out
 
 
