@@ -789,7 +789,7 @@ class Label(_Record):
 SNAPSHOT_BODY = struct.Struct("<16sQ16sQ")
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class SnapshotNote(_Record):
     TYPES = (RecordType.SNAPSHOT,)
     SKIPPABLE = True
