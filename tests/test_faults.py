@@ -244,6 +244,24 @@ def test_a_sender_that_dies_mid_stream_ends_receive_with_a_truncated_stream(tmp_
     assert not dest.exists() and _stale(tmp_path) == []
 
 
+@pytest.mark.parametrize("damage", ["cut", "crc"])
+def test_a_failed_receive_of_a_tracked_stream_leaves_no_state_beside_dest(tmp_path, source, damage):
+    """The state directory a tracked stream's receive makes goes again when the receive fails."""
+    stream = tmp_path / "s.rs"
+    run_rawsend("send", "--compress", "none", "--state", str(tmp_path / "STATE"), "-o", str(stream), str(source),
+                check=True)
+    data = bytearray(stream.read_bytes())
+    if damage == "cut":
+        data = data[:len(data) // 2]
+    else:
+        data[len(data) // 2] ^= 0x01
+    into = tmp_path / "into"
+    into.mkdir()
+    proc = run_rawsend("receive", "--no-sync", str(into / "dest"), input=bytes(data))
+    assert proc.returncode == 1, proc.stderr
+    assert os.listdir(into) == []
+
+
 def test_a_killed_receive_ends_send_with_a_broken_pipe(tmp_path, source):
     dest = tmp_path / "dest"
     sender = subprocess.Popen(rawsend_argv("send", "--compress", "none", str(source)),

@@ -20,7 +20,7 @@ from rawsend.errors import DestinationError, MalformedRecord, RawsendError
 from rawsend.fsutil import fsync_dir, left_by_dead_process
 from rawsend.pipeline import ReceiveStats, receive
 from rawsend.sinks.dest import DestSink
-from rawsend.sinks.deststate import Lock, make_state_dir, remove_leftovers, state_dir
+from rawsend.sinks.deststate import Lock, make_state_dir, remove_leftovers, remove_unused_state_dir, state_dir
 from rawsend.sinks.namespace import check_dest, check_parent, remove_tree
 from rawsend.stream.chain import Member
 from rawsend.stream.records import PREAMBLE, Feature
@@ -41,7 +41,7 @@ def receive_chain(members: Iterable[Member], dest, *, keyring=None, limits=None,
     check_parent(dest.parent)
     check_dest(dest)
     sdir = state_dir(dest)
-    make_state_dir(sdir)
+    made_dir = make_state_dir(sdir)
     result = ChainResult()
     with Lock(sdir):
         clean_stale_work(sdir)
@@ -64,8 +64,12 @@ def receive_chain(members: Iterable[Member], dest, *, keyring=None, limits=None,
                 if on_member is not None:
                     on_member(member, stats)
             move_into_place(tree, dest, sdir)
-        finally:
+        except BaseException:
             remove_tree(work)
+            if made_dir:
+                remove_unused_state_dir(sdir)
+            raise
+        remove_tree(work)
     return result
 
 

@@ -103,15 +103,30 @@ def _connect(path: Path) -> sqlite3.Connection:
     return db
 
 
-def make_state_dir(sdir: Path) -> None:
+def make_state_dir(sdir: Path) -> bool:
+    """The state directory beside DEST; True when this call made it."""
     try:
         st = os.lstat(sdir)
     except FileNotFoundError:
         os.mkdir(sdir, 0o700)
-        return
+        return True
     if not stat.S_ISDIR(st.st_mode):
         raise DestStateError("the state path beside DEST is not a directory", path=str(sdir),
                              hint="remove it; rawsend keeps what DEST holds there")
+    return False
+
+
+def remove_unused_state_dir(sdir: Path) -> None:
+    """After a failed receive, the state directory it made, when nothing but its lock is there.
+
+    Called with the lock still held: a command that opens ``lock`` after the unlink makes a new
+    one, and the rmdir then leaves the directory to it."""
+    try:
+        if os.listdir(sdir) == ["lock"]:
+            os.unlink(sdir / "lock")
+            os.rmdir(sdir)
+    except OSError:
+        pass
 
 
 def remove_leftovers(sdir: Path, prefixes: tuple[str, ...]) -> None:
@@ -153,7 +168,7 @@ class Recorder:
     def __init__(self, dest: Path):
         self.dest = dest
         self.dir = state_dir(dest)
-        make_state_dir(self.dir)
+        self.made_dir = make_state_dir(self.dir)
         self.lock = Lock(self.dir).__enter__()
         remove_leftovers(self.dir, ("stage-", "journal", "state.db.tmp", "restore-"))
         self.tmp = self.dir / f"state.db.tmp-{os.getpid()}"
@@ -205,6 +220,8 @@ class Recorder:
                 self.tmp.unlink()
             except OSError:
                 pass
+        if self.made_dir:
+            remove_unused_state_dir(self.dir)
         self.lock.__exit__()
 
 

@@ -28,7 +28,9 @@ from rawsend.sinks.apply import ChangeApplier
 from rawsend.fsutil import left_by_dead_process
 from rawsend.sinks.chain import move_into_place
 from rawsend.sinks.journal import test_hook
-from rawsend.sinks.deststate import STATE_SUFFIX, DestState, Lock, make_state_dir, root_identity, row_of, state_dir
+from rawsend.sinks.deststate import (
+    STATE_SUFFIX, DestState, Lock, make_state_dir, remove_unused_state_dir, root_identity, row_of, state_dir,
+)
 from rawsend.sinks.namespace import TEMP_MARK, check_dest, check_parent, clean_stale_temps, remove_tree
 from rawsend.sinks.received import base_identity, received_identity
 from rawsend.stream.records import ROOT_ID
@@ -93,6 +95,7 @@ class SnapshotApplier:
         self.encoded_writes = encoded_writes
         self.header = None
         self.lock: Lock | None = None
+        self.made_dir = False  # the state directory beside DEST is this receive's
         self.tree: Path | None = None  # the snapshot, under its private name
         self.made = False
         self.inner: ChangeApplier | None = None
@@ -103,7 +106,7 @@ class SnapshotApplier:
         check_parent(self.dest.parent)
         check_dest(self.dest)
         sdir = state_dir(self.dest)
-        make_state_dir(sdir)
+        self.made_dir = make_state_dir(sdir)
         self.lock = Lock(sdir).__enter__()
         clean_stale(self.dest)
 
@@ -206,6 +209,8 @@ class SnapshotApplier:
     def abort(self) -> None:
         if self.inner is not None:
             self.inner.abort()
+        if self.lock is not None and self.made_dir:
+            remove_unused_state_dir(state_dir(self.dest))
         self._close()
 
     def _close(self) -> None:
