@@ -306,7 +306,7 @@ def main():
               help="With --state, SOURCE a read-only btrfs snapshot: send what changed since the read-only snapshot"
                    " PARENT_SNAP, whose stream STATE holds, as btrfs computes it (as 'btrfs send -p').")
 def send(source, output, compress_name, level, encrypt_key, cipher, threads, no_raw, progress, stream_id, chain,
-         excludes, exclude_from, one_fs, dry_run, state_path, parent_id, keep_state, label_text, parent_snap=None):
+         excludes, exclude_from, one_fs, dry_run, state_path, parent_id, keep_state, label_text, parent_snap):
     """Write a stream of the tree SOURCE to stdout (or -o FILE).
 
     When SOURCE is a store, relay one stored stream instead, byte for byte.
