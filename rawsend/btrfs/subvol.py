@@ -170,14 +170,8 @@ def subvol_info(path) -> SubvolInfo:
 def is_subvolume(path_or_fd) -> bool:
     """A directory that is the top of a btrfs subvolume (never follows a symlink)."""
     try:
-        if isinstance(path_or_fd, int):
-            st = os.fstat(path_or_fd)
-            target = path_or_fd
-        else:
-            st = os.lstat(path_or_fd)
-            target = path_or_fd
-        return (stat.S_ISDIR(st.st_mode) and st.st_ino == BTRFS_FIRST_FREE_OBJECTID
-                and is_btrfs(target))
+        st = os.fstat(path_or_fd) if isinstance(path_or_fd, int) else os.lstat(path_or_fd)
+        return stat.S_ISDIR(st.st_mode) and st.st_ino == BTRFS_FIRST_FREE_OBJECTID and is_btrfs(path_or_fd)
     except OSError:
         return False
 
